@@ -1,0 +1,60 @@
+"""Advantage estimators: from trace rewards of a group of K traces to per-trace advantages.
+
+Rows are group-major: traces k = 0..K-1 of question q sit at rows q*K + k. Each
+estimator takes rewards [N] (N = Q*K) and returns advantages [N]. Add one with
+`@register_advantage`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+STD_EPS = 1e-6  # a group whose reward std is below this is treated as constant
+
+AdvantageEstimator = Callable[[torch.Tensor, int], torch.Tensor]
+ADVANTAGES: dict[str, AdvantageEstimator] = {}
+
+
+def register_advantage(name: str):
+    def decorator(fn: AdvantageEstimator) -> AdvantageEstimator:
+        ADVANTAGES[name] = fn
+        return fn
+
+    return decorator
+
+
+def _groups(x: torch.Tensor, k: int) -> torch.Tensor:
+    if x.shape[0] % k:
+        raise ValueError(f"{x.shape[0]} rows cannot be split into groups of {k}")
+    return x.view(-1, k, *x.shape[1:])
+
+
+@register_advantage("group_norm")
+def group_norm(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """A_k = (R_k - mean_g R) / std_g R, and 0 for a group whose std is 0 (NRT_SPEC section 6).
+
+    std is the unbiased sample std over the group's K rewards, as in GRPO and verl.
+    """
+    g = _groups(rewards, k)
+    centred = g - g.mean(1, keepdim=True)
+    std = g.std(1, keepdim=True) if k > 1 else torch.zeros_like(g)
+    return torch.where(std > STD_EPS, centred / std.clamp_min(STD_EPS), 0.0).flatten()
+
+
+def normalize_token_signal(signal: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Centre and scale token signals [N, T] per group over the group's valid answer tokens.
+
+    The derived answer-term weights (NRT_SPEC section 6): w_ik = (s_ik - mean_g s) / std_g s,
+    mean and unbiased std over all valid tokens of the group's K traces; 0 where masked and
+    for a group whose std is 0.
+    """
+    mask = mask.to(signal.dtype)
+    s, m = _groups(signal * mask, k), _groups(mask, k)
+    n = m.sum((1, 2), keepdim=True)
+    mean = s.sum((1, 2), keepdim=True) / n
+    var = (((s - mean) * m) ** 2).sum((1, 2), keepdim=True) / (n - 1).clamp_min(1)
+    std = var.sqrt()
+    weights = torch.where(std > STD_EPS, (s - mean) / std.clamp_min(STD_EPS), 0.0) * m
+    return weights.flatten(0, 1)

@@ -1,0 +1,99 @@
+"""The output directory of a run: checkpoints, the resolved config, and resuming.
+
+    output_dir/
+      config.yaml               the resolved configuration of the run
+      metrics.jsonl             one record per logged step
+      checkpoint-N/             Hugging Face model (safetensors) + tokenizer + config.yaml,
+        training_state/         optimizer, scheduler and RNG states (accelerate.save_state)
+      model.safetensors, ...    the final model, loadable with from_pretrained
+
+A checkpoint is written to `checkpoint-N.tmp` and renamed when complete, so an interrupted
+save never leaves a checkpoint that looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+class RunDirectory:
+    def __init__(self, output_dir: str, accelerator):
+        self.path = Path(output_dir)
+        self.accelerator = accelerator
+        self.metrics_path = self.path / "metrics.jsonl"
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        if not self.path.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.path.iterdir() if (m := CHECKPOINT.match(p.name))]
+        return sorted(found)
+
+    def start(self, config, fresh: bool) -> None:
+        if self.is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            if fresh:
+                self.metrics_path.write_text("")
+        self.accelerator.wait_for_everyone()
+
+    def save_checkpoint(self, step: int, model, tokenizer, config) -> None:
+        final = self.path / f"checkpoint-{step}"
+        tmp = self.path / f"checkpoint-{step}.tmp"
+        if self.is_main and tmp.exists():
+            shutil.rmtree(tmp)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp / "training_state"))
+        self._save_model(tmp, model, tokenizer, config, step)
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            limit = config.trainer.save_total_limit
+            for _, old in self.checkpoints()[:-limit] if limit > 0 else []:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self, model, tokenizer, config) -> None:
+        self._save_model(self.path, model, tokenizer, config, step=None)
+        self.accelerator.wait_for_everyone()
+
+    def _save_model(self, directory: Path, model, tokenizer, config, step) -> None:
+        state_dict = self.accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed
+        if not self.is_main:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        self.accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
+        (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if step is not None:
+            (directory / "trainer_state.json").write_text(json.dumps({"step": step}))
+
+    def resume(self, model, optimizer, scheduler) -> int:
+        """Load the newest checkpoint's states; drop metrics logged after it. Returns its step."""
+        found = self.checkpoints()
+        if not found:
+            raise ResumeError(f"{self.path}: no checkpoint-N directory to resume from")
+        step, path = found[-1]
+        self.accelerator.load_state(str(path / "training_state"))
+        if self.is_main and self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        self.accelerator.wait_for_everyone()
+        return step

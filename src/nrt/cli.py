@@ -1,0 +1,194 @@
+"""The `nrt` command line. Library code raises; only this module turns errors into exit codes.
+
+Exit code 2 means bad input (an option, a config file, a data record): one line on stderr
+names the place, and nothing has been written to the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    raise UsageError(message)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def add_train(sub) -> None:
+    from nrt.config import help_text
+
+    p = sub.add_parser(
+        "train", help="train a model with NRT on Q&A data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train with Native Reasoning Training.\n\n"
+        "  nrt train --model PATH --data FILE --output-dir DIR [--config run.yaml] [section.option=value ...]",
+        epilog="options (section.option=default):\n" + help_text(),
+    )
+    p.add_argument("--model", help="model directory or hub name (model.model_name_or_path)")
+    p.add_argument("--data", help="Q&A data file or datasets directory (data.path)")
+    p.add_argument("--output-dir", help="where results go (trainer.output_dir)")
+    p.add_argument("--config", help="YAML file of options, applied before the overrides")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    p.add_argument("overrides", nargs="*", metavar="section.option=value", help="option overrides")
+    p.set_defaults(func=run_train)
+
+
+def build_config(args):
+    from nrt.config import Config, ConfigError, apply_overrides, load_yaml, validate
+
+    try:
+        config = load_yaml(args.config) if args.config else Config()
+        apply_overrides(config, args.overrides)
+        for flag, dotted in (("model", "model.model_name_or_path"), ("data", "data.path"),
+                             ("output_dir", "trainer.output_dir")):
+            if getattr(args, flag):
+                apply_overrides(config, [f"{dotted}={getattr(args, flag)}"])
+        validate(config)
+    except ConfigError as e:
+        fail(str(e))
+    return config
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        fail(f"--model {path}: cannot load a tokenizer ({str(e).splitlines()[0]})")
+    if tokenizer.eos_token_id is None:
+        fail(f"--model {path}: the tokenizer has no eos token")
+    return tokenizer
+
+
+def load_examples(config, tokenizer):
+    """Read and validate the whole dataset (before the model is loaded)."""
+    from nrt.data import DataError, load_qa_records, tokenize_records
+
+    d = config.data
+    try:
+        records = load_qa_records(d.path, d.question_field, d.answer_field, d.messages_field or None)
+        examples, skipped = tokenize_records(
+            records, tokenizer, d.prompt_template, d.max_prompt_length, d.max_answer_length, d.skip_overlong
+        )
+    except (DataError, ValueError) as e:
+        fail(str(e))
+    return examples, skipped
+
+
+def run_train(args) -> None:
+    config = build_config(args)
+    out = Path(config.trainer.output_dir)
+    has_run = out.is_dir() and any(out.glob("checkpoint-*"))
+    if has_run and not args.resume:
+        fail(f"--output-dir {out}: holds an earlier run; pass --resume to continue it or choose another directory")
+    if args.resume and not has_run:
+        fail(f"--output-dir {out}: no checkpoint to resume from")
+    tokenizer = load_tokenizer(config.model.model_name_or_path)
+    examples, skipped = load_examples(config, tokenizer)
+    print(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from nrt.trainer import NRTTrainer
+
+    dtype = getattr(torch, config.model.dtype)
+    model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
+    trainer = NRTTrainer(config, model, tokenizer, examples)
+    trainer.train(resume=args.resume)
+    print(f"done: {trainer.step} steps; model and metrics in {out}")
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="write a trace and an answer for questions")
+    p.add_argument("--model", required=True, help="model directory (e.g. a training output dir)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--question", help="one question")
+    group.add_argument("--questions", help="a text file, one question per line")
+    p.add_argument("--prompt-template", default="{question}\n", help="plain template when no chat template")
+    p.add_argument("--max-trace-tokens", type=int, default=256)
+    p.add_argument("--max-answer-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="trace sampling temperature (0: greedy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args) -> None:
+    if args.questions:
+        path = Path(args.questions)
+        if not path.is_file():
+            fail(f"--questions {path}: no such file")
+        try:
+            questions = [q for q in path.read_text(encoding="utf-8").splitlines() if q.strip()]
+        except UnicodeDecodeError:
+            fail(f"--questions {path}: not valid UTF-8")
+    else:
+        questions = [args.question]
+    tokenizer = load_tokenizer(args.model)
+    from transformers import AutoModelForCausalLM
+
+    from nrt.data import render_prompt
+    from nrt.generation import think_then_answer
+    from nrt.tokens import RESPONSE_START, ensure_response_start_token
+
+    try:
+        prompts = [tokenizer(render_prompt(tokenizer, q, args.prompt_template))["input_ids"] for q in questions]
+    except ValueError as e:
+        fail(f"--prompt-template: {e}")
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    rs = ensure_response_start_token(model, tokenizer)
+    results = think_then_answer(
+        model, prompts, response_start_id=rs, eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        max_trace_tokens=args.max_trace_tokens, max_answer_tokens=args.max_answer_tokens,
+        temperature=args.temperature, seed=args.seed,
+    )
+    for question, r in zip(questions, results):
+        print(f"question: {question}")
+        print(f"trace:    {tokenizer.decode(r.trace_ids)}" + ("" if r.emitted_response_start else f"  [no {RESPONSE_START}]"))
+        print(f"answer:   {tokenizer.decode(r.answer_ids)}\n")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nrt", description="Native Reasoning Training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train(sub)
+    add_generate(sub)
+    for module in ("nrt.gym.cli",):
+        try:
+            __import__(module, fromlist=["register"]).register(sub)
+        except ImportError:
+            pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as e:
+        print(f"nrt {args.command}: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

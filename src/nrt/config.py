@@ -1,0 +1,239 @@
+"""Run configuration: four dataclasses, a YAML file, and dotted command-line overrides.
+
+    nrt train --config run.yaml trainer.learning_rate=1e-5 method.aggregation=prob
+
+Option names follow TRL's GRPOConfig where the concept is the same. Defaults are the
+official NRT recipe's (NRT_SPEC section 7) except where a CPU needs otherwise; the help
+of such an option says "CPU default" and gives the recipe's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad option name or value; the message names the option."""
+
+
+def opt(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str | None = opt(None, "model directory or hub name (plain flag --model)")
+    dtype: Literal["float32", "bfloat16"] = opt(
+        "float32", "dtype of the weights; bfloat16 halves memory, float32 master weights are safer with bf16 autocast"
+    )
+
+
+@dataclass
+class DataConfig:
+    path: str | None = opt(None, "Q&A data: .jsonl/.json/.csv/.parquet file or a datasets save_to_disk dir (--data)")
+    question_field: str = opt("question", "record field holding the question")
+    answer_field: str = opt("answer", "record field holding the reference answer")
+    messages_field: str = opt("messages", "record field holding a chat (its final assistant turn is the reference)")
+    prompt_template: str = opt("{question}\n", "plain prompt template, used when the tokenizer has no chat template")
+    max_prompt_length: int = opt(512, "longest prompt in tokens; longer records are an error (see skip_overlong)")
+    max_answer_length: int = opt(512, "longest reference answer in tokens, eos included")
+    skip_overlong: bool = opt(False, "skip and count over-long records instead of stopping with an error")
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str | None = opt(None, "where checkpoints, metrics.jsonl and logs go (--output-dir)")
+    seed: int = opt(42, "seed for data order, sampling and initialisation")
+    learning_rate: float = opt(2e-6, "AdamW learning rate (recipe 2e-6)")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.95, "AdamW beta2 (recipe 0.95)")
+    adam_epsilon: float = opt(1e-15, "AdamW epsilon (recipe 1e-15)")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    warmup_ratio: float = opt(0.1, "share of steps with a linear learning-rate warmup")
+    lr_scheduler_type: str = opt("constant_with_warmup", "transformers scheduler name after warmup")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm")
+    max_steps: int = opt(-1, "training steps (rollout batches); -1 runs num_train_epochs")
+    num_train_epochs: float = opt(1.0, "passes over the questions when max_steps is -1")
+    num_generations: int = opt(8, "K: traces sampled per question (a group)")
+    per_device_train_batch_size: int = opt(
+        8, "sequences per device per micro-batch, a multiple of num_generations (CPU default; recipe 64x8 GPUs)"
+    )
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer update")
+    steps_per_generation: int = opt(
+        1, "optimizer updates per rollout batch (a step); >1 adds a scoring pass for the old policy (recipe 4)"
+    )
+    temperature: float = opt(1.0, "sampling temperature of traces")
+    top_p: float = opt(1.0, "nucleus sampling of traces")
+    max_completion_length: int = opt(256, "trace token limit (CPU default; recipe 2048)")
+    epsilon_low: float = opt(0.2, "CISPO clip: ratio floor 1 - epsilon_low")
+    epsilon_high: float = opt(0.28, "CISPO clip: ratio ceiling 1 + epsilon_high")
+    beta: float = opt(0.0, "KL coefficient against the initial model (recipe 0: no reference model is loaded)")
+    bf16: bool = opt(False, "bfloat16 autocast (faster on CPUs with bf16 matmuls and on GPUs)")
+    logging_steps: int = opt(1, "write metrics every N steps")
+    save_steps: int = opt(100, "save a checkpoint every N steps")
+    save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 keeps all)")
+    report_to: Literal["none", "tensorboard"] = opt("none", "also log to tensorboard")
+
+
+@dataclass
+class MethodConfig:
+    aggregation: Literal[
+        "log_prob", "prob", "arithmetic_mean", "geometric_mean", "weighted_sum_inverse_prob", "weighted_sum_log_prob"
+    ] = opt("weighted_sum_log_prob", "how per-token answer probabilities become a trace reward")
+    advantage: Literal["group_norm"] = opt("group_norm", "advantage estimator over a group of K traces")
+    answer_loss: Literal["fixed", "derived", "off"] = opt(
+        "fixed", "answer-term weights: fixed 1 (recipe), derived c_i*df/dc_i normalised per group, or off"
+    )
+    trace_loss_coef: float = opt(1.0, "weight of the RL term on traces")
+    prefix_loss_coef: float = opt(1.0, "weight of the <|response_start|> format term")
+    answer_loss_coef: float = opt(1.0, "weight of the answer term")
+    loss_normalizer: float = opt(512.0, "per-sequence token sums are divided by this constant (recipe 512)")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def option_names(config: Config | None = None) -> list[str]:
+    config = config or Config()
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(config) for f in dataclasses.fields(getattr(config, s.name))]
+
+
+def _coerce(name: str, tp, value):
+    """Convert a YAML or command-line value to the option's type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}{extra}")
+        return value
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:  # Optional[X]
+        return None if value is None else _coerce(name, args[0], value)
+    try:
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if tp is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+        if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if tp is str and value is not None:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{name}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def set_option(config: Config, dotted: str, value) -> None:
+    """Set `section.name` to `value` (converted to the option's type)."""
+    names = option_names(config)
+    if dotted not in names:
+        hint = difflib.get_close_matches(dotted, names, n=1, cutoff=0.5)
+        if not hint:  # a known option name given without its section, e.g. learning_rate
+            hint = [n for n in names if n.split(".", 1)[1] == dotted.split(".")[-1]]
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"unknown option {dotted!r}{extra}")
+    section, key = dotted.split(".", 1)
+    obj = getattr(config, section)
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, key, _coerce(dotted, hints[key], value))
+
+
+def load_yaml(path: str | Path, config: Config | None = None) -> Config:
+    """Apply a nested YAML file ({section: {name: value}}) on top of `config`."""
+    config = config or Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, trainer, method)")
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of options")
+        for key, value in values.items():
+            try:
+                set_option(config, f"{section}.{key}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+    return config
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply `section.name=value` strings; values are parsed as YAML scalars."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.name=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)):
+            value = raw
+        set_option(config, key.strip(), value)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that span options; each error names the option."""
+    t, d = config.trainer, config.data
+    if not config.model.model_name_or_path:
+        raise ConfigError("model.model_name_or_path is required (--model PATH)")
+    if not d.path:
+        raise ConfigError("data.path is required (--data PATH)")
+    if not t.output_dir:
+        raise ConfigError("trainer.output_dir is required (--output-dir DIR)")
+    if "{question}" not in d.prompt_template:
+        raise ConfigError("data.prompt_template must contain {question}")
+    if t.num_generations < 2:
+        raise ConfigError("trainer.num_generations must be at least 2 (group statistics need K >= 2)")
+    if t.per_device_train_batch_size % t.num_generations:
+        raise ConfigError(
+            f"trainer.per_device_train_batch_size={t.per_device_train_batch_size} must be a multiple of "
+            f"trainer.num_generations={t.num_generations} (a group of K traces is never split)"
+        )
+    for name in ("gradient_accumulation_steps", "steps_per_generation", "max_completion_length",
+                 "logging_steps", "save_steps", "max_prompt_length", "max_answer_length"):
+        section = d if hasattr(d, name) else t
+        if getattr(section, name) < 1:
+            raise ConfigError(f"{'data' if section is d else 'trainer'}.{name} must be at least 1")
+    if not 0 < t.top_p <= 1 or t.temperature <= 0:
+        raise ConfigError("trainer.top_p must be in (0, 1] and trainer.temperature > 0")
+    if t.max_steps == 0 or (t.max_steps < 0 and t.num_train_epochs <= 0):
+        raise ConfigError("trainer.max_steps must be positive, or -1 with trainer.num_train_epochs > 0")
+
+
+def help_text() -> str:
+    """Every option with its default and help, for `nrt train --help`."""
+    lines = []
+    config = Config()
+    for s in dataclasses.fields(config):
+        lines.append(f"{s.name}:")
+        for f in dataclasses.fields(getattr(config, s.name)):
+            default = getattr(getattr(config, s.name), f.name)
+            lines.append(f"  {s.name}.{f.name}={default!r}\n      {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""A micro-batch of sampled traces with the reference answer spliced in, ready to score and train.
+
+For each trace sampled after a prompt the training sequence is (NRT_SPEC section 3)
+
+    [prompt][trace][<|response_start|>][reference answer][eos]
+
+- the trace ends where the model emitted `<|response_start|>` (kept, trained by the RL term),
+  or eos (dropped), or at the length limit; in the last two cases `<|response_start|>` is
+  appended and trained by the response-prefix term;
+- the sampled answer is never used: the reference answer's token ids are spliced in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nrt.sequences import PackedBatch, pack
+
+
+@dataclass
+class Rollout:
+    """B = Q*K rows, group-major; C completion columns."""
+
+    batch: PackedBatch
+    trace_mask: torch.Tensor  # [B, C] trace tokens + self-emitted <|response_start|>
+    prefix_mask: torch.Tensor  # [B, C] appended <|response_start|>
+    answer_start: torch.Tensor  # [B] column of the first answer token
+    answer_length: torch.Tensor  # [B] answer tokens, eos included
+    trace_length: torch.Tensor  # [B] trace tokens, <|response_start|> excluded
+    emitted_response_start: torch.Tensor  # [B] bool
+    num_generations: int
+
+
+def build_rollout(
+    prompts: list[list[int]],
+    answers: list[list[int]],
+    traces: list[list[int]],
+    *,
+    num_generations: int,
+    response_start_id: int,
+    eos_id: int,
+    pad_id: int,
+    device=None,
+) -> Rollout:
+    """Splice answers after sampled traces. prompts/answers: one per question; traces: Q*K, group-major."""
+    k = num_generations
+    rows_prompt, completions, trace_len, emitted = [], [], [], []
+    for row, trace in enumerate(traces):
+        q = row // k
+        self_emitted = bool(trace) and trace[-1] == response_start_id
+        body = trace[:-1] if trace and trace[-1] in (response_start_id, eos_id) else trace
+        rows_prompt.append(prompts[q])
+        completions.append(body + [response_start_id] + answers[q])
+        trace_len.append(len(body))
+        emitted.append(self_emitted)
+    batch = pack(rows_prompt, completions, pad_id, device)
+    c = batch.completion_ids.shape[1]
+    columns = torch.arange(c, device=batch.input_ids.device)
+    trace_len_t = torch.tensor(trace_len, device=columns.device)
+    emitted_t = torch.tensor(emitted, device=columns.device)
+    at_marker = columns[None, :] == trace_len_t[:, None]
+    trace_mask = (columns[None, :] < trace_len_t[:, None]) | (at_marker & emitted_t[:, None])
+    prefix_mask = at_marker & ~emitted_t[:, None]
+    answer_length = torch.tensor([len(answers[r // k]) for r in range(len(traces))], device=columns.device)
+    return Rollout(batch, trace_mask, prefix_mask, trace_len_t + 1, answer_length, trace_len_t, emitted_t, k)
+
+
+def no_trace_batch(prompts: list[list[int]], answers: list[list[int]], response_start_id: int, pad_id: int, device=None):
+    """The no-trace baseline: [prompt][<|response_start|>][answer], one row per question.
+
+    Returns (batch, answer_start [Q], answer_length [Q])."""
+    batch = pack(prompts, [[response_start_id] + a for a in answers], pad_id, device)
+    dev = batch.input_ids.device
+    return batch, torch.ones(len(prompts), dtype=torch.long, device=dev), torch.tensor([len(a) for a in answers], device=dev)

@@ -1,0 +1,292 @@
+"""The NRT trainer: sample traces -> score answers -> aggregate -> normalise -> loss -> step.
+
+One training step takes a rollout batch of questions, samples K traces per question with
+the current policy, splices the reference answer after every trace, and trains on
+
+    reward of a trace  R_k = f(c_1k .. c_Tk),  c_ik = pi(y*_i | x, z_k, y*_<i)   (rewards.py)
+    advantage          A_k = group-normalised R_k                                (advantages.py)
+    loss               trace RL term + response-prefix term + answer term          (loss.py)
+
+When a rollout batch gets a single optimizer update (the default) the answer
+log-probabilities that make the reward come from the update's own forward pass (detached):
+scoring costs no extra pass over the traces. Only the no-trace baseline c0 needs its own
+forward, one short row per question. With `steps_per_generation > 1` a no-grad scoring
+pass at rollout time provides the old policy's log-probabilities for the importance ratio.
+
+Devices, DDP/FSDP/DeepSpeed and mixed precision come from `accelerate`: run it under
+`accelerate launch` unchanged. Each process takes whole groups, so group statistics never
+depend on how many processes run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from nrt.advantages import ADVANTAGES, normalize_token_signal
+from nrt.checkpoints import RunDirectory
+from nrt.config import Config
+from nrt.data import TokenizedExample
+from nrt.metrics import MetricsLogger
+from nrt.loss import LossInputs, nrt_loss
+from nrt.rewards import aggregate
+from nrt.rollouts import Rollout, build_rollout, no_trace_batch
+from nrt.sampling import sample_traces
+from nrt.sequences import completion_logprobs, gather_columns
+from nrt.tokens import ensure_response_start_token
+
+
+@dataclass
+class Scored:
+    """What scoring a rollout yields; fixed for all updates on that rollout."""
+
+    advantages: torch.Tensor  # [B]
+    answer_weights: torch.Tensor  # [B, T]
+    old_logprobs: torch.Tensor | None  # [B, C], None when the update's own forward is the old policy
+    stats: dict
+
+
+class NRTTrainer:
+    def __init__(self, config: Config, model, tokenizer, examples: list[TokenizedExample], accelerator=None):
+        self.config, self.tokenizer, self.examples = config, tokenizer, examples
+        t = config.trainer
+        self.accelerator = accelerator or Accelerator(mixed_precision="bf16" if t.bf16 else "no")
+        set_seed(t.seed)
+        self.response_start_id = ensure_response_start_token(model, tokenizer)
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.k = t.num_generations
+
+        procs = self.accelerator.num_processes
+        self.questions_per_micro_batch = t.per_device_train_batch_size // self.k
+        self.micro_batches_per_step = t.gradient_accumulation_steps * t.steps_per_generation
+        self.questions_per_step = procs * self.questions_per_micro_batch * self.micro_batches_per_step
+        if t.max_steps > 0:
+            self.total_steps = t.max_steps
+        else:
+            self.total_steps = max(1, math.ceil(t.num_train_epochs * len(examples) / self.questions_per_step))
+        updates = self.total_steps * t.steps_per_generation
+
+        self.ref_model = None
+        if t.beta > 0:
+            import copy
+
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
+        )
+        scheduler = get_scheduler(
+            t.lr_scheduler_type, optimizer,
+            num_warmup_steps=math.ceil(t.warmup_ratio * updates), num_training_steps=updates,
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.run_dir = RunDirectory(t.output_dir, self.accelerator)
+        self.step = 0
+
+    # ------------------------------------------------------------------ data
+    def step_questions(self, step: int) -> list[tuple[int, TokenizedExample]]:
+        """This process's questions for `step`, with their position in the global question stream.
+
+        The stream is the concatenation of per-epoch permutations (seeded); step s covers
+        positions [s*G, (s+1)*G) and process p takes the p-th contiguous share of them.
+        """
+        g, n = self.questions_per_step, len(self.examples)
+        share = g // self.accelerator.num_processes
+        first = step * g + self.accelerator.process_index * share
+        out = []
+        for pos in range(first, first + share):
+            epoch, index = divmod(pos, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.trainer.seed + epoch))
+            out.append((pos, self.examples[int(order[index])]))
+        return out
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self) -> dict:
+        t = self.config.trainer
+        questions = self.step_questions(self.step)
+        chunks = [questions[i : i + self.questions_per_micro_batch]
+                  for i in range(0, len(questions), self.questions_per_micro_batch)]
+        timer = {"generate": 0.0, "score": 0.0, "update": 0.0}
+
+        # 1. Sample K traces per question and splice the reference answers in.
+        tick = time.perf_counter()
+        rollouts = [self.sample(chunk) for chunk in chunks]
+        timer["generate"] = time.perf_counter() - tick
+
+        # 2. The no-trace baseline c0: one forward per question.
+        tick = time.perf_counter()
+        baselines = [self.no_trace_logprobs(chunk) for chunk in chunks]
+        scored: list[Scored | None] = [None] * len(chunks)
+        if t.steps_per_generation > 1:  # the old policy must be frozen before the first update
+            with torch.no_grad():
+                for i, (rollout, base) in enumerate(zip(rollouts, baselines)):
+                    logprobs, entropy = completion_logprobs(self.model, rollout.batch, with_entropy=True)
+                    scored[i] = self.score(rollout, logprobs, entropy, base, keep_old=True)
+        timer["score"] = time.perf_counter() - tick
+
+        # 3. Updates: steps_per_generation optimizer steps, each over gradient_accumulation_steps micro-batches.
+        tick = time.perf_counter()
+        losses, update_stats = [], []
+        ga = t.gradient_accumulation_steps
+        for update in range(t.steps_per_generation):
+            for j in range(update * ga, (update + 1) * ga):
+                sync = j == (update + 1) * ga - 1
+                with self.accelerator.no_sync(self.model) if not sync else nullcontext():
+                    out, scored[j] = self.micro_batch_loss(rollouts[j], baselines[j], scored[j])
+                    self.accelerator.backward(out.loss / ga)
+                losses.append(out)
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+            update_stats.append({"grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0]})
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        timer["update"] = time.perf_counter() - tick
+
+        self.step += 1
+        return self.step_metrics(scored, losses, update_stats, timer)
+
+    def sample(self, chunk: list[tuple[int, TokenizedExample]]) -> Rollout:
+        t = self.config.trainer
+        prompts = [ex.prompt_ids for _, ex in chunk]
+        policy = self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast():
+            traces = sample_traces(
+                policy, prompts,
+                num_generations=self.k, max_new_tokens=t.max_completion_length,
+                stop_token_ids=[self.response_start_id, self.eos_id], pad_token_id=self.pad_id,
+                seeds=[t.seed * 1_000_003 + pos for pos, _ in chunk],
+                temperature=t.temperature, top_p=t.top_p,
+            )
+        return build_rollout(
+            prompts, [ex.answer_ids for _, ex in chunk], traces, num_generations=self.k,
+            response_start_id=self.response_start_id, eos_id=self.eos_id, pad_id=self.pad_id,
+            device=self.accelerator.device,
+        )
+
+    @torch.no_grad()
+    def no_trace_logprobs(self, chunk) -> torch.Tensor:
+        """log c0 [Q*K, T]: each question's no-trace answer log-probabilities, repeated for its K rows."""
+        batch, start, length = no_trace_batch(
+            [ex.prompt_ids for _, ex in chunk], [ex.answer_ids for _, ex in chunk],
+            self.response_start_id, self.pad_id, self.accelerator.device,
+        )
+        logprobs, _ = completion_logprobs(self.model, batch)
+        answer, _ = gather_columns(logprobs, start, length)
+        return answer.repeat_interleave(self.k, 0)
+
+    def score(self, rollout: Rollout, logprobs, entropy, baseline, keep_old: bool) -> Scored:
+        """Rewards, advantages and answer-term weights from detached completion log-probs [B, C]."""
+        m = self.config.method
+        logprobs = logprobs.detach()
+        answer, mask = gather_columns(logprobs, rollout.answer_start, rollout.answer_length)
+        reward, token_signal = aggregate(m.aggregation, answer.double(), mask, baseline.double())
+        advantages = ADVANTAGES[m.advantage](reward, self.k).float()
+        if m.answer_loss == "fixed":
+            weights = mask.float()
+        elif m.answer_loss == "derived":
+            weights = normalize_token_signal(token_signal, mask, self.k).float()
+        else:
+            weights = torch.zeros_like(answer)
+        groups = reward.view(-1, self.k)
+        trace_tokens = rollout.trace_mask & (rollout.batch.completion_ids != self.response_start_id)
+        stats = {
+            "reward": reward.float(),
+            "zero_std_group": (groups.std(1) <= 1e-6).float() if self.k > 1 else torch.ones(len(groups)),
+            "answer_logprob": answer.sum(-1),
+            "answer_logprob_no_trace": (baseline * mask).sum(-1),
+            "trace_length": rollout.trace_length.float(),
+            "response_start_share": rollout.emitted_response_start.float(),
+            "entropy_sum": (entropy * trace_tokens).sum().reshape(1),
+            "entropy_count": trace_tokens.sum().float().reshape(1),
+        }
+        return Scored(advantages, weights, logprobs if keep_old else None, stats)
+
+    def micro_batch_loss(self, rollout: Rollout, baseline, scored: Scored | None):
+        """Forward with grad; score from this same forward when no rollout-time scores exist."""
+        t, m = self.config.trainer, self.config.method
+        logprobs, entropy = completion_logprobs(self.model, rollout.batch, with_entropy=scored is None)
+        if scored is None:  # single update per rollout: the reward comes from this very pass
+            scored = self.score(rollout, logprobs, entropy, baseline, keep_old=False)
+        answer, mask = gather_columns(logprobs, rollout.answer_start, rollout.answer_length)
+        ref = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref, _ = completion_logprobs(self.ref_model, rollout.batch)
+        inputs = LossInputs(
+            completion_logprobs=logprobs,
+            old_completion_logprobs=scored.old_logprobs if scored.old_logprobs is not None else logprobs.detach(),
+            trace_mask=rollout.trace_mask,
+            advantages=scored.advantages,
+            prefix_mask=rollout.prefix_mask,
+            answer_logprobs=answer,
+            answer_mask=mask,
+            answer_weights=scored.answer_weights,
+            ref_logprobs=ref,
+        )
+        out = nrt_loss(
+            inputs, epsilon_low=t.epsilon_low, epsilon_high=t.epsilon_high,
+            trace_coef=m.trace_loss_coef, prefix_coef=m.prefix_loss_coef, answer_coef=m.answer_loss_coef,
+            beta=t.beta, loss_normalizer=m.loss_normalizer,
+        )
+        return out, scored
+
+    # ------------------------------------------------------------------ metrics
+    def step_metrics(self, scored: list[Scored], losses, update_stats, timer) -> dict:
+        """Step metrics over all processes: means over traces / questions, sums for counts."""
+        gather = self.accelerator.gather
+        cat = {key: gather(torch.cat([s.stats[key] for s in scored]).float().to(self.accelerator.device))
+               for key in scored[0].stats}
+        gain = cat["answer_logprob"].mean() - cat["answer_logprob_no_trace"].mean()
+        loss_stack = lambda name: gather(torch.stack([getattr(o, name).detach().float() for o in losses])).mean()
+        metrics = {
+            "step": self.step,
+            "reward_mean": cat["reward"].mean(),
+            "reward_std": cat["reward"].std(),
+            "answer_logprob": cat["answer_logprob"].mean(),
+            "answer_logprob_no_trace": cat["answer_logprob_no_trace"].mean(),
+            "reasoning_gain": gain,
+            "trace_length_mean": cat["trace_length"].mean(),
+            "trace_length_min": cat["trace_length"].min(),
+            "trace_length_max": cat["trace_length"].max(),
+            "response_start_share": cat["response_start_share"].mean(),
+            "trace_entropy": cat["entropy_sum"].sum() / cat["entropy_count"].sum().clamp_min(1),
+            "zero_std_group_share": cat["zero_std_group"].mean(),
+            "loss": loss_stack("loss"),
+            "trace_loss": loss_stack("trace_loss"),
+            "prefix_loss": loss_stack("prefix_loss"),
+            "answer_loss": loss_stack("answer_loss"),
+            "kl": loss_stack("kl"),
+            "clip_fraction": loss_stack("clip_fraction"),
+            "grad_norm": sum(u["grad_norm"] for u in update_stats) / len(update_stats),
+            "learning_rate": update_stats[-1]["learning_rate"],
+            **{f"time_{k}": v for k, v in timer.items()},
+        }
+        return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ loop
+    def train(self, resume: bool = False) -> None:
+        t = self.config.trainer
+        if resume:
+            self.step = self.run_dir.resume(self.model, self.optimizer, self.scheduler)
+        self.run_dir.start(self.config, fresh=not resume)
+        logger = MetricsLogger(self.run_dir, self.config, self.accelerator, total_steps=self.total_steps,
+                               first_step=self.step)
+        with logger:
+            while self.step < self.total_steps:
+                metrics = self.train_step()
+                if self.step % t.logging_steps == 0 or self.step == self.total_steps:
+                    logger.log(metrics)
+                logger.advance(metrics)
+                if self.step % t.save_steps == 0 or self.step == self.total_steps:
+                    self.run_dir.save_checkpoint(self.step, self.model, self.tokenizer, self.config)
+        self.run_dir.save_final(self.model, self.tokenizer, self.config)
