@@ -14,6 +14,7 @@ from nrt.data import (
     DataError,
     QARecord,
     check_prompt_template,
+    encode_prompts,
     load_qa_records,
     render_prompt,
     tokenize_records,
@@ -349,6 +350,8 @@ def test_prompt_bos_not_doubled_by_chat_template():
     (ex,), _ = tokenize_records([QARecord("Hi", "Yo", "x:1")], tok, "{question}\n", 100, 100)
     assert ex.prompt_ids.count(tok.bos_token_id) == 1
     assert ex.prompt_ids == tok("<s><user>Hi\n<assistant>", add_special_tokens=False)["input_ids"]
+    # Generation encodes prompts with the same function, so it sees the same tokens.
+    assert encode_prompts(tok, ["Hi"]) == [ex.prompt_ids]
 
 
 def test_tokenizer_without_bos_adds_nothing():

@@ -7,6 +7,7 @@ names the place, and nothing has been written to the output directory.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def add_train(sub) -> None:
         "train", help="train a model with NRT on Q&A data",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train with Native Reasoning Training.\n\n"
-        "  nrt train --model PATH --data FILE --output-dir DIR [--config run.yaml] [section.option=value ...]",
+        "  nrt train --model PATH --data FILE --output-dir DIR [--config run.yaml] [section.option=value ...]\n\n"
+        "Options are set by a YAML file (--config), then by section.option=value overrides, then by the plain flags.",
         epilog="options (section.option=default):\n" + help_text(),
     )
     p.add_argument("--model", help="model directory or hub name (model.model_name_or_path)")
@@ -39,8 +41,7 @@ def add_train(sub) -> None:
     p.add_argument("--output-dir", help="where results go (trainer.output_dir)")
     p.add_argument("--config", help="YAML file of options, applied before the overrides")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
-    p.add_argument("overrides", nargs="*", metavar="section.option=value", help="option overrides")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, accepts_overrides=True)
 
 
 def build_config(args):
@@ -96,7 +97,9 @@ def run_train(args) -> None:
         fail(f"--output-dir {out}: no checkpoint to resume from")
     tokenizer = load_tokenizer(config.model.model_name_or_path)
     examples, skipped = load_examples(config, tokenizer)
-    print(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
+    is_main = os.environ.get("RANK", "0") == "0"  # under accelerate launch / torchrun, one process reports
+    if is_main:
+        print(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -107,7 +110,8 @@ def run_train(args) -> None:
     model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
     trainer = NRTTrainer(config, model, tokenizer, examples)
     trainer.train(resume=args.resume)
-    print(f"done: {trainer.step} steps; model and metrics in {out}")
+    if is_main:
+        print(f"done: {trainer.step} steps; model and metrics in {out}")
 
 
 # --------------------------------------------------------------------------- generate
@@ -141,12 +145,12 @@ def run_generate(args) -> None:
     tokenizer = load_tokenizer(args.model)
     from transformers import AutoModelForCausalLM
 
-    from nrt.data import render_prompt
+    from nrt.data import encode_prompts
     from nrt.generation import think_then_answer
     from nrt.tokens import RESPONSE_START, ensure_response_start_token
 
     try:
-        prompts = [tokenizer(render_prompt(tokenizer, q, args.prompt_template))["input_ids"] for q in questions]
+        prompts = encode_prompts(tokenizer, questions, args.prompt_template)
     except ValueError as e:
         fail(f"--prompt-template: {e}")
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
@@ -169,19 +173,34 @@ def run_generate(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nrt", description="Native Reasoning Training")
     sub = parser.add_subparsers(dest="command", required=True)
+    from nrt.demo import add_demo
+
     add_train(sub)
     add_generate(sub)
-    for module in ("nrt.gym.cli",):
-        try:
-            __import__(module, fromlist=["register"]).register(sub)
-        except ImportError:
-            pass
+    add_demo(sub)
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for nrt's own progress: no weight-loading bars or save notices."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # options may come anywhere among `section.option=value` overrides
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+    unknown = [x for x in extra if x not in args.overrides]
+    if unknown or (args.overrides and not getattr(args, "accepts_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
     try:
         args.func(args)
     except UsageError as e:

@@ -363,8 +363,7 @@ def tokenize_records(
     if not records:
         raise DataError("no records to tokenize")
 
-    texts = [render_prompt(tokenizer, r.prompt, template) for r in records]
-    prompt_ids = _prompt_ids(tokenizer, texts)
+    prompt_ids = encode_prompts(tokenizer, [r.prompt for r in records], template)
     # The answer is tokenised on its own, never together with a trace (NRT_SPEC section 3).
     answer_ids = _batch_ids(tokenizer, [r.answer for r in records], add_special_tokens=False)
 
@@ -401,14 +400,19 @@ def tokenize_records(
     return examples, skipped
 
 
-def _prompt_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Batch-tokenise rendered prompts, adding bos only where it is not already there.
+def encode_prompts(
+    tokenizer, prompts: list[str | list[dict]], template: str = "{question}\n"
+) -> list[list[int]]:
+    """Render and batch-tokenise prompts: one list of token ids per prompt.
 
-    Chat templates usually write the bos text themselves (e.g. Llama 3's
+    Training and generation must both go through this so a model sees the same
+    prompt tokens at both times. bos is added only where it is not already there:
+    chat templates usually write the bos text themselves (e.g. Llama 3's
     "<|begin_of_text|>"), so letting the tokenizer add special tokens as well would
     double it; plain-template prompts need the tokenizer to add it. Tokenizers
     without a bos token get no special tokens at all (some would append eos).
     """
+    texts = [render_prompt(tokenizer, p, template) for p in prompts]
     bos = getattr(tokenizer, "bos_token", None)
     add = [bool(bos) and not t.startswith(bos) for t in texts]
     out: list[list[int] | None] = [None] * len(texts)

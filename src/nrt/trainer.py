@@ -21,6 +21,7 @@ depend on how many processes run.
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -53,11 +54,22 @@ class Scored:
     stats: dict
 
 
+def make_accelerator(bf16: bool) -> Accelerator:
+    """An Accelerator for this launch; several processes without a GPU use gloo on the CPU.
+
+    accelerate only picks its multi-CPU mode when asked for the CPU explicitly, so a run
+    started by `accelerate launch --multi_gpu --num_processes N` or `torchrun` on a machine
+    without CUDA asks for it here.
+    """
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=multi_process and not torch.cuda.is_available())
+
+
 class NRTTrainer:
     def __init__(self, config: Config, model, tokenizer, examples: list[TokenizedExample], accelerator=None):
         self.config, self.tokenizer, self.examples = config, tokenizer, examples
         t = config.trainer
-        self.accelerator = accelerator or Accelerator(mixed_precision="bf16" if t.bf16 else "no")
+        self.accelerator = accelerator or make_accelerator(t.bf16)
         set_seed(t.seed)
         self.response_start_id = ensure_response_start_token(model, tokenizer)
         self.eos_id = tokenizer.eos_token_id

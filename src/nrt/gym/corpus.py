@@ -1,0 +1,145 @@
+"""Pretraining documents that give a tiny model the premises of NRT (GYM_NOTES).
+
+Document format, the contract with the trainer (one document = one training sequence):
+
+    "{question}\\n" + trace + "<|response_start|>" + answer + "<|endoftext|>"
+
+with an empty trace for a direct answer. Plain text documents (facts, single operations)
+are "{text}<|endoftext|>".
+
+What the corpus holds, per task, and why:
+- Elementary skills over the whole population / operand range: every fact of the world
+  (multihop), one-hop questions about every person answered directly or after a one-fact
+  trace in the very sentence form a composed trace uses (so copying the person from the
+  question and recalling one fact in trace form is practised for everyone), single
+  arithmetic operations drawn from the steps real traces take, and short boolean
+  expressions (single operations).
+- Composed questions of the corpus-only `pretrain` pool only, mostly answered directly
+  and a minority (`think_share`) after a full trace. The model thus learns the format and
+  the habit of sometimes thinking, and direct answers of unseen composed questions stay
+  hard. No question of the train / validation / test splits ever appears (tested).
+- A fraction (`trace_error`) of the traces contains one wrong step; later steps and the
+  answer follow the wrong value. Answers must follow their own traces (GYM_NOTES 2), else
+  the model learns that answers ignore traces and thinking cannot help.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from nrt.gym import tasks as T
+from nrt.gym import world as W
+from nrt.gym.tokenizer import EOS, RESPONSE_START
+
+
+def qa_document(question: str, answer: str, trace: str = "") -> str:
+    """The one document format shared with the trainer (empty trace = direct answer)."""
+    return f"{question}\n{trace}{RESPONSE_START}{answer}{EOS}"
+
+
+@dataclass
+class CorpusConfig:
+    seed: int = 0
+    tasks: tuple[str, ...] = T.TASKS
+    # share of documents per task (normalised over `tasks`)
+    task_weights: dict = field(default_factory=lambda: {
+        "multihop": 0.5, "boolean_expressions": 0.2, "multistep_arithmetic_two": 0.3})
+    think_share: float = 0.35  # composed questions answered after a trace
+    one_hop_think_share: float = 0.5  # one-hop questions answered after a one-fact trace
+    trace_error: float = 0.1  # traces with one wrong step (the answer follows the trace)
+    n_people: int = 240
+
+
+class Corpus:
+    """Draws documents from a seeded mixture; `splits` are the Q&A splits kept out of it."""
+
+    def __init__(self, cfg: CorpusConfig):
+        self.cfg = cfg
+        self.rng = random.Random(f"corpus-{cfg.seed}")
+        self.world = W.make_world(cfg.seed, n_people=cfg.n_people)
+        self.items = {t: T.task_items(t, cfg.seed, world=self.world) for t in cfg.tasks}
+        self.held_out = {i.question for t in self.items.values() for s in T.SPLITS for i in t[s]}
+        self.tasks = list(cfg.tasks)
+        self.weights = [cfg.task_weights.get(t, 0.0) for t in self.tasks]
+        self.makers = {"multihop": self._multihop, "boolean_expressions": self._boolean,
+                       "multistep_arithmetic_two": self._arithmetic}
+
+    def documents(self, n: int) -> list[str]:
+        return [self.document() for _ in range(n)]
+
+    def document(self) -> str:
+        task = self.rng.choices(self.tasks, self.weights)[0]
+        return self.makers[task]()
+
+    def _think(self, share: float) -> bool:
+        return self.rng.random() < share
+
+    # ------------------------------------------------------------------ multihop
+
+    def _multihop(self) -> str:
+        r, w = self.rng, self.world
+        kind = r.random()
+        if kind < 0.25:  # a few facts about random people, in random order
+            sents = []
+            for _ in range(r.randint(1, 4)):
+                rel, p = r.choice(W.RELATIONS), r.choice(w.people)
+                sents.append(W.fact_sentence(rel, p, w.facts[rel][p]))
+            return " ".join(sents) + EOS
+        if kind < 0.6:  # one-hop question about anyone
+            rel, p = r.choice(W.RELATIONS), r.choice(w.people)
+            q, trace, a = W.one_hop(w, rel, p)
+            if not self._think(self.cfg.one_hop_think_share):
+                return qa_document(q, a)
+            if self._think(self.cfg.trace_error):
+                a = r.choice(w.cities if rel == "city" else w.people)
+                trace = W.fact_sentence(rel, p, a)
+            return qa_document(q, a, trace)
+        p = r.choice(w.groups["pretrain"])
+        first, second = r.choice(w.composed)
+        q, trace, a = W.composed_chain(w, first, second, p)
+        if not self._think(self.cfg.think_share):
+            return qa_document(q, a)
+        if self._think(self.cfg.trace_error):
+            if r.random() < 0.5:  # wrong middle person, then that person's true fact
+                q, trace, a = W.composed_chain(w, first, second, p, middle=r.choice(w.people))
+            else:  # right middle person, wrong final fact
+                bad = r.choice(w.cities if second == "city" else w.people)
+                q, trace, a = W.composed_chain(w, first, second, p, answer=bad)
+        return qa_document(q, a, trace)
+
+    # ------------------------------------------------------------------ boolean
+
+    def _boolean(self) -> str:
+        r = self.rng
+        n = r.choice([2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 8, 8, 9, 9, 10])
+        if n == 8:
+            item = r.choice(self.items["boolean_expressions"]["pretrain"])
+        else:
+            item = T.bool_item(T.random_bool_expression(r, n))
+        if not self._think(self.cfg.think_share):
+            return qa_document(item.question, item.answer)
+        if self._think(self.cfg.trace_error):
+            steps = T.bool_steps(item.question, error_at=r.randrange(len(T.bool_steps(item.question))))
+            return qa_document(item.question, steps[-1], "= " + " = ".join(steps))
+        return qa_document(item.question, item.answer, item.trace)
+
+    # ------------------------------------------------------------------ arithmetic
+
+    def _arithmetic(self) -> str:
+        r = self.rng
+        if r.random() < 0.4:  # single operations, as they occur inside traces
+            ops = T.arith_operations(T.random_arith_expression(r))
+            picks = r.sample(ops, r.randint(1, 3))
+            return " ".join(f"{x} {o} {y} = {T.apply_op(x, o, y)}." for x, o, y in picks) + EOS
+        item = r.choice(self.items["multistep_arithmetic_two"]["pretrain"])
+        if not self._think(self.cfg.think_share):
+            return qa_document(item.question, item.answer)
+        if self._think(self.cfg.trace_error):
+            trace, v = T.arith_trace(item.question, error_at=r.randrange(7), rng=r)
+            return qa_document(item.question, str(v), trace)
+        return qa_document(item.question, item.answer, item.trace)
+
+
+def build_documents(cfg: CorpusConfig, n: int) -> list[str]:
+    return Corpus(cfg).documents(n)

@@ -1,0 +1,335 @@
+"""Task generators of the reasoning gym, and their train / validation / test splits.
+
+Three tasks, each yielding `Item`s (question, answer, and a correct step-by-step trace
+whose last step is the answer). Splits hold plain question-answer pairs; traces are only
+used to write pretraining documents (corpus.py).
+
+- `boolean_expressions` and `multistep_arithmetic_two` follow the input/target format of
+  the BIG-Bench-Hard tasks of those names, written from their definitions:
+  * boolean: 8 tokens from {True, False, not, and, or, (, )} forming a Python boolean
+    expression, then " is"; target "True"/"False". Expressions are drawn uniformly over
+    the token strings of an unambiguous precedence grammar (or < and < not < atom), then
+    each constant uniformly. Trace: rewrite the expression one operation at a time
+    (leftmost reducible node: a parenthesised constant, `not` of a constant, or
+    `and`/`or` of two constants), e.g. "= not True and True = False and True = False".
+  * arithmetic: "((a o b o c o d) o (e o f o g o h)) =" with a..h in -9..9 and o in
+    {+, -, *}; target the Python integer value. Trace: each group restated and reduced one
+    binary operation at a time (`*` first, then left to right), then the outer operation:
+    "-1 + 2 + 9 * 5 = -1 + 2 + 45 = 1 + 45 = 46. ... 46 - 22 = 24."
+- `multihop`: composed questions over the world of world.py (answer: a name).
+
+Every split is disjoint from the others and from the `pretrain` pool that only the corpus
+uses. The BIG-Bench-Hard questions (evaluation data) are removed from all of them by
+fingerprint (bbh_hashes.py), and so is an optional `exclude` set.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+from nrt.gym import world as W
+from nrt.gym.bbh_hashes import is_bbh_question
+
+TASKS = ("multihop", "boolean_expressions", "multistep_arithmetic_two")
+SPLITS = ("train", "validation", "test")
+DEFAULT_SIZES = {
+    "boolean_expressions": {"train": 600, "validation": 150, "test": 300},
+    "multistep_arithmetic_two": {"train": 2000, "validation": 200, "test": 500},
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    question: str
+    answer: str
+    trace: str
+
+
+# --------------------------------------------------------------------------- boolean
+
+
+@lru_cache(None)
+def _count(sym: str, n: int) -> int:
+    """Token strings of length n derivable from `sym` in the unambiguous grammar
+    or := and | or 'or' and ; and := not | and 'and' not ; not := 'not' not | atom ;
+    atom := B | '(' or ')'  (B one constant)."""
+    if n <= 0:
+        return 0
+    if sym == "or":
+        return _count("and", n) + sum(_count("or", i) * _count("and", n - 1 - i) for i in range(1, n - 1))
+    if sym == "and":
+        return _count("not", n) + sum(_count("and", i) * _count("not", n - 1 - i) for i in range(1, n - 1))
+    if sym == "not":
+        return _count("not", n - 1) + _count("atom", n)
+    return (n == 1) + _count("or", n - 2)  # atom
+
+
+def _sample(sym: str, n: int, rng: random.Random):
+    """Uniformly sample a parse tree of `n` tokens: ('B', bool) | ('not', t) | ('and'|'or', l, r) | ('()', t)."""
+    r = rng.randrange(_count(sym, n))
+    if sym in ("or", "and"):
+        sub = "and" if sym == "or" else "not"
+        if r < _count(sub, n):
+            return _sample(sub, n, rng)
+        r -= _count(sub, n)
+        for i in range(1, n - 1):
+            c = _count(sym, i) * _count(sub, n - 1 - i)
+            if r < c:
+                return (sym, _sample(sym, i, rng), _sample(sub, n - 1 - i, rng))
+            r -= c
+    if sym == "not":
+        if r < _count("not", n - 1):
+            return ("not", _sample("not", n - 1, rng))
+        return _sample("atom", n, rng)
+    if n == 1:
+        return ("B", rng.random() < 0.5)
+    return ("()", _sample("or", n - 2, rng))
+
+
+def _render_bool(t) -> list[str]:
+    kind = t[0]
+    if kind == "B":
+        return [str(t[1])]
+    if kind == "not":
+        return ["not"] + _render_bool(t[1])
+    if kind == "()":
+        return ["("] + _render_bool(t[1]) + [")"]
+    return _render_bool(t[1]) + [kind] + _render_bool(t[2])
+
+
+def parse_bool(text: str):
+    """Parse a boolean expression (tokens separated by spaces) into the tree form of `_sample`."""
+    toks = text.split()
+    pos = 0
+
+    def peek():
+        return toks[pos] if pos < len(toks) else None
+
+    def take(expected=None):
+        nonlocal pos
+        tok = peek()
+        if tok is None or (expected and tok != expected):
+            raise ValueError(f"bad boolean expression {text!r} at token {pos}")
+        pos += 1
+        return tok
+
+    def binary(sym, sub):
+        node = sub()
+        while peek() == sym:
+            take()
+            node = (sym, node, sub())
+        return node
+
+    def p_or():
+        return binary("or", p_and)
+
+    def p_and():
+        return binary("and", p_not)
+
+    def p_not():
+        if peek() == "not":
+            take()
+            return ("not", p_not())
+        if peek() == "(":
+            take()
+            node = p_or()
+            take(")")
+            return ("()", node)
+        tok = take()
+        if tok not in ("True", "False"):
+            raise ValueError(f"bad boolean expression {text!r}: unexpected {tok!r}")
+        return ("B", tok == "True")
+
+    tree = p_or()
+    if pos != len(toks):
+        raise ValueError(f"bad boolean expression {text!r}: trailing tokens")
+    return tree
+
+
+def _reduce_bool(t, flip: bool = False):
+    """One rewrite step on the leftmost reducible node; returns (tree, done?)."""
+    kind = t[0]
+    if kind == "B":
+        return t, False
+    kids = t[1:]
+    if all(k[0] == "B" for k in kids):
+        vals = [k[1] for k in kids]
+        v = {"not": lambda: not vals[0], "()": lambda: vals[0],
+             "and": lambda: vals[0] and vals[1], "or": lambda: vals[0] or vals[1]}[kind]()
+        return ("B", v != flip), True
+    new = list(t)
+    for i in range(1, len(t)):
+        sub, done = _reduce_bool(t[i], flip)
+        if done:
+            new[i] = sub
+            return tuple(new), True
+    raise AssertionError("unreachable")
+
+
+def bool_steps(expr: str, error_at: int | None = None) -> list[str]:
+    """Successive rewrites of `expr` ("... is" suffix allowed) down to "True"/"False".
+    With `error_at=i`, step i gets the wrong truth value and later steps follow it."""
+    tree = parse_bool(expr.removesuffix(" is"))
+    states, i = [], 0
+    while tree[0] != "B":
+        tree, _ = _reduce_bool(tree, flip=(i == error_at))
+        states.append(" ".join(_render_bool(tree)))
+        i += 1
+    return states
+
+
+def bool_item(expr: str) -> Item:
+    """`expr` with or without the trailing " is"; the question always has it."""
+    expr = expr.removesuffix(" is")
+    steps = bool_steps(expr) or [expr]  # a lone constant is its own value
+    return Item(f"{expr} is", steps[-1], "= " + " = ".join(steps))
+
+
+def random_bool_expression(rng: random.Random, n_tokens: int = 8) -> str:
+    return " ".join(_render_bool(_sample("or", n_tokens, rng)))
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def _fmt(tokens: list) -> str:
+    return " ".join(str(x) for x in tokens)
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def group_steps(tokens: list, error_at: int | None = None, rng: random.Random | None = None,
+                operations: list | None = None) -> list[list]:
+    """Reduce a flat [n, op, n, op, ...] list one operation at a time (`*` first, then
+    left to right, as Python does). Returns the states after each step; appends each
+    (a, op, b) applied to `operations` when given."""
+    states, i = [], 0
+    while len(tokens) > 1:
+        ops = tokens[1::2]
+        j = 2 * ops.index("*") + 1 if "*" in ops else 1
+        if operations is not None:
+            operations.append((tokens[j - 1], tokens[j], tokens[j + 1]))
+        v = _apply(tokens[j - 1], tokens[j], tokens[j + 1])
+        if i == error_at:
+            v += (rng or random).choice([-10, -2, -1, 1, 2, 10])
+        tokens = tokens[: j - 1] + [v] + tokens[j + 2:]
+        states.append(tokens)
+        i += 1
+    return states
+
+
+def parse_arith(text: str) -> tuple[list, str, list]:
+    """'((a o b o c o d) o (e ...)) =' -> (left group tokens, outer op, right group tokens)."""
+    body = text.removesuffix(" =").strip()
+    if not (body.startswith("((") and body.endswith("))") and ") " in body):
+        raise ValueError(f"bad arithmetic expression {text!r}")
+    left, rest = body[2:].split(") ", 1)
+    op, right = rest.split(" (", 1)
+    right = right[:-2]
+
+    def toks(s):
+        parts = s.split(" ")
+        return [int(p) if k % 2 == 0 else p for k, p in enumerate(parts)]
+
+    return toks(left), op, toks(right)
+
+
+def arith_trace(expr: str, error_at: int | None = None, rng: random.Random | None = None) -> tuple[str, int]:
+    """Trace text and its final value; `error_at` puts an off-by-some error in that step
+    (counted over the whole trace), and later steps follow the wrong value."""
+    left, op, right = parse_arith(expr)
+    parts, values, k = [], [], 0
+    for group in (left, right):
+        e = None if error_at is None else error_at - k
+        states = group_steps(group, e, rng)
+        k += len(states)
+        parts.append(" = ".join(_fmt(s) for s in [group] + states) + ".")
+        values.append(states[-1][0] if states else group[0])
+    v = _apply(values[0], op, values[1])
+    if error_at == k:
+        v += (rng or random).choice([-10, -2, -1, 1, 2, 10])
+    parts.append(f"{values[0]} {op} {values[1]} = {v}.")
+    return " ".join(parts), v
+
+
+def arith_operations(expr: str) -> list[tuple[int, str, int]]:
+    """Every binary operation (a, op, b) that the trace of `expr` performs, in order."""
+    left, op, right = parse_arith(expr)
+    out: list = []
+    values = [(group_steps(g, operations=out) or [g])[-1][0] for g in (left, right)]
+    return out + [(values[0], op, values[1])]
+
+
+def apply_op(a: int, op: str, b: int) -> int:
+    return _apply(a, op, b)
+
+
+def arith_item(expr: str) -> Item:
+    trace, v = arith_trace(expr)
+    return Item(expr, str(v), trace)
+
+
+def random_arith_expression(rng: random.Random) -> str:
+    def group():
+        out = []
+        for k in range(4):
+            if k:
+                out.append(rng.choice("+-*"))
+            out.append(rng.randint(-9, 9))
+        return _fmt(out)
+
+    return f"(({group()}) {rng.choice('+-*')} ({group()})) ="
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def multihop_items(world: W.World, group: str) -> list[Item]:
+    return [Item(q, a, t) for q, t, a in W.composed_questions(world, group)]
+
+
+def task_items(task: str, seed: int = 0, sizes: dict | None = None, exclude: set[str] = frozenset(),
+               pretrain_size: int = 20000, world: W.World | None = None) -> dict[str, list[Item]]:
+    """Items of `task` for the splits train / validation / test and the corpus-only pool
+    `pretrain`, pairwise disjoint by question, none of them a BBH question or in `exclude`.
+
+    For `multihop` the splits are the composed questions of the world's person groups and
+    `sizes` is unused. The boolean task has only 2122 distinct 8-token questions (250 of
+    them BBH's), so its pretrain pool is what the splits leave (about 800); corpus.py adds
+    expressions of other lengths."""
+    if task == "multihop":
+        world = world or W.make_world(seed)
+        return {g: [i for i in multihop_items(world, g) if i.question not in exclude] for g in W.GROUPS}
+    if task not in DEFAULT_SIZES:
+        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    sizes = {**DEFAULT_SIZES[task], **(sizes or {})}
+    rng = random.Random(f"{task}-{seed}")
+    seen = set(exclude)
+    out: dict[str, list[Item]] = {}
+    for split in SPLITS + ("pretrain",):
+        want = pretrain_size if split == "pretrain" else sizes[split]
+        items, misses = [], 0
+        while len(items) < want and misses < 50000:
+            it = new_item(task, rng)
+            if it.question in seen or is_bbh_question(it.question):
+                misses += 1
+                continue
+            seen.add(it.question)
+            items.append(it)
+        if split != "pretrain" and len(items) < want:
+            raise ValueError(f"{task}: only {len(items)} unique questions left for {split}")
+        out[split] = items
+    return out
+
+
+def new_item(task: str, rng: random.Random) -> Item:
+    """A random item of a BBH-format task (may repeat; task_items dedupes)."""
+    if task == "boolean_expressions":
+        return bool_item(random_bool_expression(rng))
+    if task == "multistep_arithmetic_two":
+        return arith_item(random_arith_expression(rng))
+    raise ValueError(f"unknown task {task!r}")

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny Llama and char tokenizer built from a config, and a small Q&A file."""
+
+import json
+import random
+
+import pytest
+
+from nrt.tiny import save_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return save_tiny_model(str(tmp_path_factory.mktemp("tiny") / "model"), hidden=32, layers=2, seed=0)
+
+
+def write_sums(path, n=24, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            f.write(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def sums_file(tmp_path):
+    return write_sums(tmp_path / "sums.jsonl")

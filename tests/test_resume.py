@@ -1,0 +1,50 @@
+"""Resume: a run stopped after step N and resumed logs the same metrics as the uninterrupted run."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_trainer import make_trainer
+
+TIMING = ("time_generate", "time_score", "time_update")
+
+
+def metrics_of(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_model_dir, sums_file, tmp_path):
+    options = dict(trainer__max_steps=5, trainer__save_steps=2, trainer__warmup_ratio=0.4)
+    straight = make_trainer(tiny_model_dir, sums_file, tmp_path / "a", **options)
+    straight.train()
+
+    crashing = make_trainer(tiny_model_dir, sums_file, tmp_path / "b", **options)
+    real_step = crashing.train_step
+
+    def step_then_crash():
+        if crashing.step == 3:  # dies during step 4, after checkpoint-2 and the metrics of step 3
+            raise KeyboardInterrupt
+        return real_step()
+
+    crashing.train_step = step_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    out_b = tmp_path / "b" / "out"
+    assert [m["step"] for m in metrics_of(out_b)] == [1, 2, 3]
+
+    resumed = make_trainer(tiny_model_dir, sums_file, tmp_path / "b", **options)
+    resumed.train(resume=True)
+
+    expected, got = metrics_of(tmp_path / "a" / "out"), metrics_of(out_b)
+    assert [m["step"] for m in got] == [1, 2, 3, 4, 5]
+    for want, have in zip(expected, got):
+        assert want.keys() == have.keys()
+        for key in want:
+            assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (want["step"], key)
+    a = load_file(tmp_path / "a" / "out" / "model.safetensors")
+    b = load_file(out_b / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,120 @@
+"""The NRT step: single-pass scoring equals the two-pass computation; data order; metrics."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from nrt.config import Config
+from nrt.data import load_qa_records, tokenize_records
+from nrt.rewards import aggregate
+from nrt.advantages import group_norm, normalize_token_signal
+from nrt.loss import LossInputs, nrt_loss
+from nrt.sequences import completion_logprobs, gather_columns, pack
+from nrt.trainer import NRTTrainer
+
+
+def make_trainer(model_dir, data_file, tmp_path, **trainer_options):
+    config = Config()
+    config.model.model_name_or_path = model_dir
+    config.data.path = data_file
+    config.trainer.output_dir = str(tmp_path / "out")
+    config.trainer.max_completion_length = 8
+    config.trainer.num_generations = 4
+    config.trainer.per_device_train_batch_size = 8
+    config.trainer.learning_rate = 1e-3
+    config.trainer.max_steps = 3
+    for key, value in trainer_options.items():
+        section, name = key.split("__")
+        setattr(getattr(config, section), name, value)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples, _ = tokenize_records(load_qa_records(data_file), tokenizer, "{question}\n", 64, 16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return NRTTrainer(config, model, tokenizer, examples)
+
+
+def grads_of(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("answer_loss", ["fixed", "derived"])
+@pytest.mark.parametrize("aggregation", ["weighted_sum_log_prob", "geometric_mean"])
+def test_single_pass_matches_two_pass_loss_and_gradients(tiny_model_dir, sums_file, tmp_path, aggregation, answer_loss):
+    trainer = make_trainer(tiny_model_dir, sums_file, tmp_path,
+                           method__aggregation=aggregation, method__answer_loss=answer_loss)
+    chunk = trainer.step_questions(0)[:2]
+    rollout = trainer.sample(chunk)
+    k = trainer.k
+
+    # single pass, as the trainer does it: reward from the update's own forward
+    baseline = trainer.no_trace_logprobs(chunk)
+    out, scored = trainer.micro_batch_loss(rollout, baseline, None)
+    out.loss.backward()
+    single_grads = grads_of(trainer.model)
+    trainer.model.zero_grad(set_to_none=True)
+
+    # the straightforward computation: a separate scoring pass, a no-trace pass per trace
+    model = trainer.model
+    with torch.no_grad():
+        scored_lp, _ = completion_logprobs(model, rollout.batch)
+        prompts = [ex.prompt_ids for _, ex in chunk for _ in range(k)]
+        answers = [ex.answer_ids for _, ex in chunk for _ in range(k)]
+        no_trace = pack(prompts, [[trainer.response_start_id] + a for a in answers], trainer.pad_id)
+        base_lp, _ = completion_logprobs(model, no_trace)
+        base, _ = gather_columns(base_lp, torch.ones(len(prompts), dtype=torch.long), rollout.answer_length)
+    answer_old, mask = gather_columns(scored_lp, rollout.answer_start, rollout.answer_length)
+    reward, signal = aggregate(aggregation, answer_old.double(), mask, base.double())
+    advantages = group_norm(reward, k).float()
+    weights = mask.float() if answer_loss == "fixed" else normalize_token_signal(signal, mask, k).float()
+    logprobs, _ = completion_logprobs(model, rollout.batch)
+    answer, _ = gather_columns(logprobs, rollout.answer_start, rollout.answer_length)
+    two_pass = nrt_loss(LossInputs(logprobs, scored_lp, rollout.trace_mask, advantages, rollout.prefix_mask,
+                                   answer, mask, weights))
+    two_pass.loss.backward()
+
+    torch.testing.assert_close(scored.advantages, advantages, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss, two_pass.loss, rtol=1e-5, atol=1e-7)
+    assert advantages.abs().sum() > 0  # the comparison is not vacuous
+    for name, grad in grads_of(model).items():
+        torch.testing.assert_close(single_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_step_questions_cover_data_once_per_epoch_in_seeded_order(tiny_model_dir, sums_file, tmp_path):
+    trainer = make_trainer(tiny_model_dir, sums_file, tmp_path)
+    per_step = trainer.questions_per_step  # 2 questions (8 sequences / K=4)
+    n = len(trainer.examples)
+    seen = [pos for s in range(n // per_step) for pos, _ in trainer.step_questions(s)]
+    assert seen == list(range(n))
+    sources = [ex.source for s in range(n // per_step) for _, ex in trainer.step_questions(s)]
+    assert sorted(sources) == sorted(ex.source for ex in trainer.examples)
+    assert sources != [ex.source for ex in trainer.examples]  # shuffled
+
+
+def test_train_step_metrics_are_consistent(tiny_model_dir, sums_file, tmp_path):
+    trainer = make_trainer(tiny_model_dir, sums_file, tmp_path)
+    before = copy.deepcopy(trainer.model.state_dict())
+    metrics = trainer.train_step()
+    assert metrics["step"] == 1
+    assert metrics["reasoning_gain"] == pytest.approx(metrics["answer_logprob"] - metrics["answer_logprob_no_trace"], abs=1e-4)
+    assert 0 <= metrics["trace_length_min"] <= metrics["trace_length_mean"] <= metrics["trace_length_max"] <= 8
+    assert 0 <= metrics["response_start_share"] <= 1 and 0 <= metrics["zero_std_group_share"] <= 1
+    assert metrics["trace_entropy"] > 0 and metrics["grad_norm"] > 0
+    for key in ("time_generate", "time_score", "time_update"):
+        assert metrics[key] >= 0
+    # warmup starts at 0, so the first update may not move weights; a second one must
+    trainer.train_step()
+    changed = any(not torch.equal(before[n], p) for n, p in trainer.model.state_dict().items())
+    assert changed
+
+
+def test_steps_per_generation_uses_rollout_logprobs_as_old_policy(tiny_model_dir, sums_file, tmp_path):
+    trainer = make_trainer(tiny_model_dir, sums_file, tmp_path, trainer__steps_per_generation=2,
+                           trainer__warmup_ratio=0.0)
+    metrics = trainer.train_step()
+    assert metrics["step"] == 1 and metrics["grad_norm"] > 0
+    param = next(trainer.model.parameters())
+    assert int(trainer.optimizer.optimizer.state[param]["step"]) == 2  # two updates on one rollout batch
+    # the second update sees a moved policy: its ratios against the rollout-time
+    # log-probs differ from 1, which only happens if those (not its own) are the old policy
+    assert metrics["clip_fraction"] >= 0 and metrics["time_score"] > 0
