@@ -19,6 +19,15 @@ EOS = TOKENIZER.eos_token_id
 PAD = TOKENIZER.pad_token_id
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny matrices: threads only add overhead, and oversubscribe a shared CPU badly
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def lively(model, seed, std=0.4):
     """Re-draw the weight matrices with a large std: the default init (0.02) gives near-uniform
     logits and greedy traces that repeat one token, which would hide cache/position mistakes."""

@@ -49,7 +49,7 @@ def test_single_pass_matches_two_pass_loss_and_gradients(tiny_model_dir, sums_fi
 
     # single pass, as the trainer does it: reward from the update's own forward
     baseline = trainer.no_trace_logprobs(chunk)
-    out, scored = trainer.micro_batch_loss(rollout, baseline, None)
+    out, scored = trainer.micro_batch_loss(rollout, chunk, baseline, None)
     out.loss.backward()
     single_grads = grads_of(trainer.model)
     trainer.model.zero_grad(set_to_none=True)
@@ -58,8 +58,8 @@ def test_single_pass_matches_two_pass_loss_and_gradients(tiny_model_dir, sums_fi
     model = trainer.model
     with torch.no_grad():
         scored_lp, _ = completion_logprobs(model, rollout.batch)
-        prompts = [ex.prompt_ids for _, ex in chunk for _ in range(k)]
-        answers = [ex.answer_ids for _, ex in chunk for _ in range(k)]
+        prompts = [q.example.prompt_ids for q in chunk for _ in range(k)]
+        answers = [q.example.answer_ids for q in chunk for _ in range(k)]
         no_trace = pack(prompts, [[trainer.response_start_id] + a for a in answers], trainer.pad_id)
         base_lp, _ = completion_logprobs(model, no_trace)
         base, _ = gather_columns(base_lp, torch.ones(len(prompts), dtype=torch.long), rollout.answer_length)
@@ -84,9 +84,9 @@ def test_step_questions_cover_data_once_per_epoch_in_seeded_order(tiny_model_dir
     trainer = make_trainer(tiny_model_dir, sums_file, tmp_path)
     per_step = trainer.questions_per_step  # 2 questions (8 sequences / K=4)
     n = len(trainer.examples)
-    seen = [pos for s in range(n // per_step) for pos, _ in trainer.step_questions(s)]
+    seen = [q.position for s in range(n // per_step) for q in trainer.step_questions(s)]
     assert seen == list(range(n))
-    sources = [ex.source for s in range(n // per_step) for _, ex in trainer.step_questions(s)]
+    sources = [q.example.source for s in range(n // per_step) for q in trainer.step_questions(s)]
     assert sorted(sources) == sorted(ex.source for ex in trainer.examples)
     assert sources != [ex.source for ex in trainer.examples]  # shuffled
 

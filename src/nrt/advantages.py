@@ -43,6 +43,19 @@ def group_norm(rewards: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(std > STD_EPS, centred / std.clamp_min(STD_EPS), 0.0).flatten()
 
 
+@register_advantage("rloo")
+def rloo(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """A_k = R_k - (1/(K-1)) sum_{j != k} R_j: the leave-one-out baseline, no std scaling.
+
+    (RLOO; VeriFree's estimator and JLB's leave-one-out baseline.)
+    """
+    g = _groups(rewards, k)
+    if k < 2:
+        raise ValueError("rloo needs at least 2 traces per group")
+    others = (g.sum(1, keepdim=True) - g) / (k - 1)
+    return (g - others).flatten()
+
+
 def normalize_token_signal(signal: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     """Centre and scale token signals [N, T] per group over the group's valid answer tokens.
 

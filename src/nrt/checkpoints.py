@@ -51,7 +51,9 @@ class RunDirectory:
                 self.metrics_path.write_text("")
         self.accelerator.wait_for_everyone()
 
-    def save_checkpoint(self, step: int, model, tokenizer, config) -> None:
+    def save_checkpoint(self, step: int, model, tokenizer, config, protect_before: int | None = None) -> None:
+        """Write checkpoint-`step`; prune to `save_total_limit`, but never the newest checkpoint
+        older than `protect_before` (the last healthy one while a collapse is suspected)."""
         final = self.path / f"checkpoint-{step}"
         tmp = self.path / f"checkpoint-{step}.tmp"
         if self.is_main and tmp.exists():
@@ -65,8 +67,13 @@ class RunDirectory:
                 shutil.rmtree(final)
             tmp.rename(final)
             limit = config.trainer.save_total_limit
-            for _, old in self.checkpoints()[:-limit] if limit > 0 else []:
-                shutil.rmtree(old)
+            found = self.checkpoints()
+            protected = None
+            if protect_before is not None:
+                protected = max((s for s, _ in found if s < protect_before), default=None)
+            for old_step, old in found[:-limit] if limit > 0 else []:
+                if old_step != protected:
+                    shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
 
     def save_final(self, model, tokenizer, config) -> None:
@@ -83,6 +90,23 @@ class RunDirectory:
         (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if step is not None:
             (directory / "trainer_state.json").write_text(json.dumps({"step": step}))
+
+    def keep_healthy(self, unhealthy_since: int, tokenizer, config) -> Path | None:
+        """After a collapse: drop checkpoints from step `unhealthy_since` on and make the newest
+        remaining one the run's final model. Returns that checkpoint, or None if there is none."""
+        healthy = None
+        if self.is_main:
+            for step, path in self.checkpoints():
+                if step >= unhealthy_since:
+                    shutil.rmtree(path)
+                else:
+                    healthy = path
+            if healthy is not None:
+                for item in healthy.iterdir():
+                    if item.is_file() and item.name != "trainer_state.json":
+                        shutil.copy2(item, self.path / item.name)
+        self.accelerator.wait_for_everyone()
+        return healthy
 
     def resume(self, model, optimizer, scheduler) -> int:
         """Load the newest checkpoint's states; drop metrics logged after it. Returns its step."""

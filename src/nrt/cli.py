@@ -1,7 +1,8 @@
 """The `nrt` command line. Library code raises; only this module turns errors into exit codes.
 
 Exit code 2 means bad input (an option, a config file, a data record): one line on stderr
-names the place, and nothing has been written to the output directory.
+names the place, and nothing has been written to the output directory. Exit code 3 means
+the collapse detector stopped training (`trainer.on_collapse=stop`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 USAGE_ERROR = 2
+COLLAPSE_STOP = 3  # training.on_collapse=stop ended the run
 
 
 class UsageError(Exception):
@@ -39,16 +41,29 @@ def add_train(sub) -> None:
     p.add_argument("--model", help="model directory or hub name (model.model_name_or_path)")
     p.add_argument("--data", help="Q&A data file or datasets directory (data.path)")
     p.add_argument("--output-dir", help="where results go (trainer.output_dir)")
+    p.add_argument("--method", help="preset applied first: nrt (default), nrt-ws-inverse-prob, nrt-geometric-mean, "
+                   "jlb, verifree, rlpr, sft")
     p.add_argument("--config", help="YAML file of options, applied before the overrides")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
     p.set_defaults(func=run_train, accepts_overrides=True)
 
 
 def build_config(args):
-    from nrt.config import Config, ConfigError, apply_overrides, load_yaml, validate
+    from nrt.config import Config, ConfigError, apply_overrides, load_yaml, set_option, validate
+
+    from nrt.presets import preset_overrides
 
     try:
-        config = load_yaml(args.config) if args.config else Config()
+        config = Config()
+        if args.method:
+            try:
+                preset = preset_overrides(args.method)
+            except ValueError as e:
+                raise ConfigError(f"--method: {e}") from None
+            for key, value in preset.items():
+                set_option(config, key, value)
+        if args.config:
+            load_yaml(args.config, config)
         apply_overrides(config, args.overrides)
         for flag, dotted in (("model", "model.model_name_or_path"), ("data", "data.path"),
                              ("output_dir", "trainer.output_dir")):
@@ -110,6 +125,11 @@ def run_train(args) -> None:
     model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
     trainer = NRTTrainer(config, model, tokenizer, examples)
     trainer.train(resume=args.resume)
+    if trainer.stopped_by_collapse:
+        if is_main:
+            print(f"stopped: {trainer.stopped_by_collapse}; the last healthy checkpoint is kept in {out}",
+                  file=sys.stderr)
+        raise SystemExit(COLLAPSE_STOP)
     if is_main:
         print(f"done: {trainer.step} steps; model and metrics in {out}")
 

@@ -80,21 +80,40 @@ class TrainerConfig:
     save_steps: int = opt(100, "save a checkpoint every N steps")
     save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 keeps all)")
     report_to: Literal["none", "tensorboard"] = opt("none", "also log to tensorboard")
+    on_collapse: Literal["warn", "stop"] = opt(
+        "warn", "on policy collapse: warn, or stop keeping the last healthy checkpoint"
+    )
+    collapse_fraction: float = opt(0.25, "collapse when trace length or entropy falls below this x its start value")
+    collapse_patience: int = opt(5, "consecutive steps below collapse_fraction that count as a collapse")
+    collapse_reference_steps: int = opt(5, "the start value is the mean over this many first steps")
 
 
 @dataclass
 class MethodConfig:
+    objective: Literal["nrt", "sft"] = opt("nrt", "nrt: think-then-answer RL; sft: direct question -> answer fine-tuning")
     aggregation: Literal[
         "log_prob", "prob", "arithmetic_mean", "geometric_mean", "weighted_sum_inverse_prob", "weighted_sum_log_prob"
     ] = opt("weighted_sum_log_prob", "how per-token answer probabilities become a trace reward")
-    advantage: Literal["group_norm"] = opt("group_norm", "advantage estimator over a group of K traces")
-    answer_loss: Literal["fixed", "derived", "off"] = opt(
-        "fixed", "answer-term weights: fixed 1 (recipe), derived c_i*df/dc_i normalised per group, or off"
+    advantage: Literal["group_norm", "rloo"] = opt(
+        "group_norm", "advantage over a group of K traces: mean/std normalised, or leave-one-out (RLOO)"
+    )
+    policy_loss: Literal["cispo", "ppo", "reinforce"] = opt(
+        "cispo", "trace term: CISPO clip (recipe), PPO clip, or plain REINFORCE"
+    )
+    answer_loss: Literal["fixed", "derived", "off", "reward"] = opt(
+        "fixed", "answer-term weights: fixed 1 (recipe), derived c_i*df/dc_i normalised per group, off, "
+        "or the trace reward (VeriFree)"
     )
     trace_loss_coef: float = opt(1.0, "weight of the RL term on traces")
     prefix_loss_coef: float = opt(1.0, "weight of the <|response_start|> format term")
     answer_loss_coef: float = opt(1.0, "weight of the answer term")
     loss_normalizer: float = opt(512.0, "per-sequence token sums are divided by this constant (recipe 512)")
+    reward_baseline: Literal["none", "initial_no_trace"] = opt(
+        "none", "subtract the initial policy's no-trace reward per question (RLPR's debiasing)"
+    )
+    reward_clip_min: float | None = opt(None, "clip shaped rewards below at this value (RLPR: 0)")
+    format_reward_weight: float = opt(0.0, "mix w of a format reward (trace ended in <|response_start|>): (1-w)R + wF")
+    std_filter_decay: float = opt(0.0, "EMA decay of RLPR's reward-std prompt filter; 0 disables it (RLPR: 0.99)")
 
 
 @dataclass
@@ -223,6 +242,11 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{'data' if section is d else 'trainer'}.{name} must be at least 1")
     if not 0 < t.top_p <= 1 or t.temperature <= 0:
         raise ConfigError("trainer.top_p must be in (0, 1] and trainer.temperature > 0")
+    m = config.method
+    if not 0 <= m.format_reward_weight <= 1 or not 0 <= m.std_filter_decay < 1:
+        raise ConfigError("method.format_reward_weight must be in [0, 1] and method.std_filter_decay in [0, 1)")
+    if m.objective == "nrt" and m.advantage == "rloo" and t.num_generations < 2:
+        raise ConfigError("method.advantage=rloo needs trainer.num_generations >= 2")
     if t.max_steps == 0 or (t.max_steps < 0 and t.num_train_epochs <= 0):
         raise ConfigError("trainer.max_steps must be positive, or -1 with trainer.num_train_epochs > 0")
 

@@ -2,9 +2,10 @@
 
     loss = trace_coef * L_trace + prefix_coef * L_prefix + answer_coef * L_answer
 
-    L_trace  = -A_k * sg(clip(r, 1-eps_low, 1+eps_high)) * log pi(t)  over trace tokens and a
-               self-emitted <|response_start|>, dropping a token when (A_k > 0 and r > 1+eps_high)
-               or (A_k < 0 and r < 1-eps_low)  (CISPO-style; r = pi / pi_old per token)
+    L_trace  = a policy loss over trace tokens and a self-emitted <|response_start|>, by default
+               -A_k * sg(clip(r, 1-eps_low, 1+eps_high)) * log pi(t), dropping a token when
+               (A_k > 0 and r > 1+eps_high) or (A_k < 0 and r < 1-eps_low)  (CISPO-style;
+               r = pi / pi_old per token); PPO-clip and plain REINFORCE are the alternatives
     L_prefix = -log pi(<|response_start|>)  for traces that did not emit it themselves
     L_answer = -w_ik * log pi(y*_i | x, z_k, y*_<i)  over answer tokens (w = 1 for the fixed
                token signal, the group-normalised c_i * df/dc_i for the derived one)
@@ -18,8 +19,50 @@ how long the other sequences in the batch are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+
+# (logprobs [B, C], old_logprobs [B, C], advantages [B, 1], eps_low, eps_high)
+#   -> (per-token loss [B, C], dropped-by-clip [B, C] bool)
+PolicyLoss = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str):
+    def decorator(fn: PolicyLoss) -> PolicyLoss:
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return decorator
+
+
+@register_policy_loss("cispo")
+def cispo(lp, old, adv, eps_low, eps_high):
+    """-A * sg(clip(r, 1-eps_low, 1+eps_high)) * log pi; a token is dropped when
+    (A > 0 and r > 1+eps_high) or (A < 0 and r < 1-eps_low).  (NRT's official recipe)"""
+    ratio = (lp - old).exp()
+    dropped = ((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low))
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high).detach()
+    return -adv * clipped * lp * (~dropped), dropped
+
+
+@register_policy_loss("ppo")
+def ppo(lp, old, adv, eps_low, eps_high):
+    """-min(r * A, clip(r, 1-eps_low, 1+eps_high) * A); "dropped" marks tokens where the clip
+    is active (their gradient is zero).  (PPO / GRPO; RLPR uses 0.2 / 0.27)"""
+    ratio = (lp - old).exp()
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+    dropped = clipped < unclipped
+    return -torch.minimum(unclipped, clipped), dropped
+
+
+@register_policy_loss("reinforce")
+def reinforce(lp, old, adv, eps_low, eps_high):
+    """-A * r with r = pi / pi_old: plain REINFORCE (gradient -A * grad log pi on-policy),
+    importance-weighted without a clip.  (VeriFree, JLB)"""
+    ratio = (lp - old).exp()
+    return -adv * ratio, torch.zeros_like(ratio, dtype=torch.bool)
 
 
 @dataclass
@@ -54,6 +97,7 @@ def _per_sequence_mean(per_token: torch.Tensor, normalizer: float) -> torch.Tens
 def nrt_loss(
     x: LossInputs,
     *,
+    policy_loss: str = "cispo",
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.28,
     trace_coef: float = 1.0,
@@ -63,12 +107,10 @@ def nrt_loss(
     loss_normalizer: float = 512.0,
 ) -> LossOutputs:
     trace_mask = x.trace_mask.to(x.completion_logprobs.dtype)
-    adv = x.advantages[:, None]
-    ratio = (x.completion_logprobs - x.old_completion_logprobs).exp()
-    dropped = ((adv > 0) & (ratio > 1 + epsilon_high)) | ((adv < 0) & (ratio < 1 - epsilon_low))
-    clipped_ratio = ratio.clamp(1 - epsilon_low, 1 + epsilon_high).detach()
-    keep = trace_mask * (~dropped).to(trace_mask.dtype)
-    trace_loss = _per_sequence_mean(-adv * clipped_ratio * x.completion_logprobs * keep, loss_normalizer)
+    per_token, dropped = POLICY_LOSSES[policy_loss](
+        x.completion_logprobs, x.old_completion_logprobs, x.advantages[:, None], epsilon_low, epsilon_high
+    )
+    trace_loss = _per_sequence_mean(per_token * trace_mask, loss_normalizer)
 
     prefix_loss = _per_sequence_mean(-x.completion_logprobs * x.prefix_mask, loss_normalizer)
     answer_loss = _per_sequence_mean(-x.answer_weights * x.answer_logprobs * x.answer_mask, loss_normalizer)

@@ -14,6 +14,7 @@ KEY_METRICS = {
     "trace_length_mean": "trace",
     "response_start_share": "rs",
     "trace_entropy": "H",
+    "distinct_3": "d3",
     "loss": "loss",
 }
 
@@ -61,6 +62,10 @@ class MetricsLogger:
                     self.writer.add_scalar(key, value, metrics["step"])
         if self.plain:
             print(f"step {metrics['step']}: " + summary(metrics), flush=True)
+
+    def warn(self, message: str) -> None:
+        if self.is_main:
+            self.progress.console.print(f"[bold yellow]warning:[/] {message}")
 
     def advance(self, metrics: dict) -> None:
         self.progress.update(self.task, advance=1, info=summary(metrics))

@@ -31,6 +31,14 @@ class Rollout:
     trace_length: torch.Tensor  # [B] trace tokens, <|response_start|> excluded
     emitted_response_start: torch.Tensor  # [B] bool
     num_generations: int
+    distinct_2: torch.Tensor  # [B] distinct 2-gram ratio within the trace (NaN when shorter than 2)
+    distinct_3: torch.Tensor  # [B] distinct 3-gram ratio within the trace (NaN when shorter than 3)
+
+
+def distinct_ratio(tokens: list[int], n: int) -> float:
+    """Unique n-grams / n-grams of one trace: 1.0 for no repetition, near 0 for a loop."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
 
 
 def build_rollout(
@@ -46,7 +54,7 @@ def build_rollout(
 ) -> Rollout:
     """Splice answers after sampled traces. prompts/answers: one per question; traces: Q*K, group-major."""
     k = num_generations
-    rows_prompt, completions, trace_len, emitted = [], [], [], []
+    rows_prompt, completions, trace_len, emitted, bodies = [], [], [], [], []
     for row, trace in enumerate(traces):
         q = row // k
         self_emitted = bool(trace) and trace[-1] == response_start_id
@@ -55,6 +63,7 @@ def build_rollout(
         completions.append(body + [response_start_id] + answers[q])
         trace_len.append(len(body))
         emitted.append(self_emitted)
+        bodies.append(body)
     batch = pack(rows_prompt, completions, pad_id, device)
     c = batch.completion_ids.shape[1]
     columns = torch.arange(c, device=batch.input_ids.device)
@@ -64,7 +73,8 @@ def build_rollout(
     trace_mask = (columns[None, :] < trace_len_t[:, None]) | (at_marker & emitted_t[:, None])
     prefix_mask = at_marker & ~emitted_t[:, None]
     answer_length = torch.tensor([len(answers[r // k]) for r in range(len(traces))], device=columns.device)
-    return Rollout(batch, trace_mask, prefix_mask, trace_len_t + 1, answer_length, trace_len_t, emitted_t, k)
+    distinct = [torch.tensor([distinct_ratio(b, n) for b in bodies], device=columns.device) for n in (2, 3)]
+    return Rollout(batch, trace_mask, prefix_mask, trace_len_t + 1, answer_length, trace_len_t, emitted_t, k, *distinct)
 
 
 def no_trace_batch(prompts: list[list[int]], answers: list[list[int]], response_start_id: int, pad_id: int, device=None):

@@ -47,12 +47,15 @@ def sample_traces(
     temperature: float = 1.0,
     top_p: float = 1.0,
     forbid_first: list[int] | None = None,
+    min_new_tokens: int = 0,
 ) -> list[list[int]]:
     """Sample `num_generations` continuations per prompt; rows are group-major (q*K + k).
 
     A row stops after emitting one of `stop_token_ids` (the stop token is kept) or after
     `max_new_tokens` tokens. `forbid_first` lists tokens that may not be the first one
-    (used to force a trace by forbidding an immediate `<|response_start|>`).
+    (used to force a trace by forbidding an immediate `<|response_start|>`). The stop tokens
+    cannot be drawn before `min_new_tokens` tokens (TRL's `min_new_tokens`; benchmarks use it
+    to make every trace exactly `max_new_tokens` long).
     """
     k = num_generations
     device = next(model.parameters()).device
@@ -88,6 +91,8 @@ def sample_traces(
     for t in range(max_new_tokens):
         if t == 0 and forbid_first:
             logits[:, forbid_first] = -float("inf")
+        if t < min_new_tokens:
+            logits[:, stop] = -float("inf")
         tokens = _pick(logits, uniforms[active.cpu(), t].to(device), temperature, top_p)
         for row, token in zip(active.tolist(), tokens.tolist()):
             traces[row].append(token)

@@ -33,6 +33,7 @@ from transformers import get_scheduler
 
 from nrt.advantages import ADVANTAGES, normalize_token_signal
 from nrt.checkpoints import RunDirectory
+from nrt.collapse import CollapseDetector
 from nrt.config import Config
 from nrt.data import TokenizedExample
 from nrt.metrics import MetricsLogger
@@ -40,8 +41,21 @@ from nrt.loss import LossInputs, nrt_loss
 from nrt.rewards import aggregate
 from nrt.rollouts import Rollout, build_rollout, no_trace_batch
 from nrt.sampling import sample_traces
+from nrt.shaping import EmaStdFilter, debias_by_initial, mix_format_reward
 from nrt.sequences import completion_logprobs, gather_columns
 from nrt.tokens import ensure_response_start_token
+
+
+@dataclass
+class SFTLoss:
+    loss: torch.Tensor
+
+
+@dataclass
+class Question:
+    position: int  # place in the global question stream (seeds its traces)
+    index: int  # index into the training examples
+    example: TokenizedExample
 
 
 @dataclass
@@ -77,7 +91,9 @@ class NRTTrainer:
         self.k = t.num_generations
 
         procs = self.accelerator.num_processes
-        self.questions_per_micro_batch = t.per_device_train_batch_size // self.k
+        # sft trains one sequence per question; nrt K
+        self.questions_per_micro_batch = t.per_device_train_batch_size // (
+            self.k if config.method.objective == "nrt" else 1)
         self.micro_batches_per_step = t.gradient_accumulation_steps * t.steps_per_generation
         self.questions_per_step = procs * self.questions_per_micro_batch * self.micro_batches_per_step
         if t.max_steps > 0:
@@ -104,9 +120,19 @@ class NRTTrainer:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.run_dir = RunDirectory(t.output_dir, self.accelerator)
         self.step = 0
+        self.stopped_by_collapse: str | None = None
+
+        m = config.method
+        # RLPR's debiasing needs the *initial* policy's no-trace reward: computed now, before any update
+        self.initial_no_trace_reward = self.no_trace_rewards() if m.reward_baseline == "initial_no_trace" else None
+        self.std_filter = EmaStdFilter(m.std_filter_decay) if m.std_filter_decay > 0 else None
+        self.collapse = CollapseDetector(t.collapse_fraction, t.collapse_patience, t.collapse_reference_steps)
+        for stateful in (self.std_filter, self.collapse):
+            if stateful is not None:
+                self.accelerator.register_for_checkpointing(stateful)
 
     # ------------------------------------------------------------------ data
-    def step_questions(self, step: int) -> list[tuple[int, TokenizedExample]]:
+    def step_questions(self, step: int) -> list[Question]:
         """This process's questions for `step`, with their position in the global question stream.
 
         The stream is the concatenation of per-epoch permutations (seeded); step s covers
@@ -119,15 +145,15 @@ class NRTTrainer:
         for pos in range(first, first + share):
             epoch, index = divmod(pos, n)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.trainer.seed + epoch))
-            out.append((pos, self.examples[int(order[index])]))
+            out.append(Question(pos, int(order[index]), self.examples[int(order[index])]))
         return out
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict:
+        if self.config.method.objective == "sft":
+            return self.sft_step()
         t = self.config.trainer
-        questions = self.step_questions(self.step)
-        chunks = [questions[i : i + self.questions_per_micro_batch]
-                  for i in range(0, len(questions), self.questions_per_micro_batch)]
+        chunks = self.micro_batches(self.step)
         timer = {"generate": 0.0, "score": 0.0, "update": 0.0}
 
         # 1. Sample K traces per question and splice the reference answers in.
@@ -143,77 +169,159 @@ class NRTTrainer:
             with torch.no_grad():
                 for i, (rollout, base) in enumerate(zip(rollouts, baselines)):
                     logprobs, entropy = completion_logprobs(self.model, rollout.batch, with_entropy=True)
-                    scored[i] = self.score(rollout, logprobs, entropy, base, keep_old=True)
+                    scored[i] = self.score(rollout, chunks[i], logprobs, entropy, base, keep_old=True)
         timer["score"] = time.perf_counter() - tick
 
         # 3. Updates: steps_per_generation optimizer steps, each over gradient_accumulation_steps micro-batches.
         tick = time.perf_counter()
-        losses, update_stats = [], []
+
+        def loss_of(j: int):
+            out, scored[j] = self.micro_batch_loss(rollouts[j], chunks[j], baselines[j], scored[j])
+            return out
+
+        losses, update_stats = self.optimizer_updates(loss_of)
+        timer["update"] = time.perf_counter() - tick
+
+        self.step += 1
+        metrics = self.step_metrics(scored, losses, update_stats, timer)
+        if self.std_filter is not None:
+            self.std_filter.update(metrics["group_reward_std_mean"])
+        return metrics
+
+    def micro_batches(self, step: int) -> list[list[Question]]:
+        questions = self.step_questions(step)
+        n = self.questions_per_micro_batch
+        return [questions[i : i + n] for i in range(0, len(questions), n)]
+
+    def optimizer_updates(self, loss_of) -> tuple[list, list[dict]]:
+        """steps_per_generation optimizer updates; update u accumulates micro-batches
+        u*GA .. (u+1)*GA-1, each loss_of(j).loss scaled by 1/GA (gradients synced on the last)."""
+        t = self.config.trainer
         ga = t.gradient_accumulation_steps
+        outputs, update_stats = [], []
         for update in range(t.steps_per_generation):
             for j in range(update * ga, (update + 1) * ga):
                 sync = j == (update + 1) * ga - 1
                 with self.accelerator.no_sync(self.model) if not sync else nullcontext():
-                    out, scored[j] = self.micro_batch_loss(rollouts[j], baselines[j], scored[j])
+                    out = loss_of(j)
                     self.accelerator.backward(out.loss / ga)
-                losses.append(out)
+                outputs.append(out)
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
             update_stats.append({"grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0]})
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        timer["update"] = time.perf_counter() - tick
+        return outputs, update_stats
 
+    def sft_step(self) -> dict:
+        """The SFT baseline: NLL of `<|response_start|>` + answer directly after the prompt
+        (mean over tokens), on the same question stream and optimizer as NRT."""
+        chunks = self.micro_batches(self.step)
+        tick = time.perf_counter()
+        answer_logprob = []
+
+        def loss_of(j: int):
+            examples = [q.example for q in chunks[j]]
+            batch, _, _ = no_trace_batch([e.prompt_ids for e in examples], [e.answer_ids for e in examples],
+                                         self.response_start_id, self.pad_id, self.accelerator.device)
+            logprobs, _ = completion_logprobs(self.model, batch)
+            mask = batch.completion_mask
+            answer_logprob.append((logprobs.detach() * mask)[:, 1:].sum(-1))
+            return SFTLoss(-(logprobs * mask).sum() / mask.sum())
+
+        losses, update_stats = self.optimizer_updates(loss_of)
         self.step += 1
-        return self.step_metrics(scored, losses, update_stats, timer)
+        gather = self.accelerator.gather
+        metrics = {
+            "step": self.step,
+            "loss": gather(torch.stack([o.loss.detach() for o in losses])).mean(),
+            "answer_logprob_no_trace": gather(torch.cat(answer_logprob)).mean(),
+            "grad_norm": sum(u["grad_norm"] for u in update_stats) / len(update_stats),
+            "learning_rate": update_stats[-1]["learning_rate"],
+            "time_update": time.perf_counter() - tick,
+        }
+        return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
 
-    def sample(self, chunk: list[tuple[int, TokenizedExample]]) -> Rollout:
+    def sample(self, chunk: list[Question]) -> Rollout:
         t = self.config.trainer
-        prompts = [ex.prompt_ids for _, ex in chunk]
+        prompts = [q.example.prompt_ids for q in chunk]
         policy = self.accelerator.unwrap_model(self.model)
         with self.accelerator.autocast():
             traces = sample_traces(
                 policy, prompts,
                 num_generations=self.k, max_new_tokens=t.max_completion_length,
                 stop_token_ids=[self.response_start_id, self.eos_id], pad_token_id=self.pad_id,
-                seeds=[t.seed * 1_000_003 + pos for pos, _ in chunk],
+                seeds=[t.seed * 1_000_003 + q.position for q in chunk],
                 temperature=t.temperature, top_p=t.top_p,
             )
         return build_rollout(
-            prompts, [ex.answer_ids for _, ex in chunk], traces, num_generations=self.k,
+            prompts, [q.example.answer_ids for q in chunk], traces, num_generations=self.k,
             response_start_id=self.response_start_id, eos_id=self.eos_id, pad_id=self.pad_id,
             device=self.accelerator.device,
         )
 
     @torch.no_grad()
-    def no_trace_logprobs(self, chunk) -> torch.Tensor:
+    def no_trace_logprobs(self, chunk: list[Question], repeat: bool = True) -> torch.Tensor:
         """log c0 [Q*K, T]: each question's no-trace answer log-probabilities, repeated for its K rows."""
+        examples = [q.example for q in chunk]
         batch, start, length = no_trace_batch(
-            [ex.prompt_ids for _, ex in chunk], [ex.answer_ids for _, ex in chunk],
+            [ex.prompt_ids for ex in examples], [ex.answer_ids for ex in examples],
             self.response_start_id, self.pad_id, self.accelerator.device,
         )
         logprobs, _ = completion_logprobs(self.model, batch)
         answer, _ = gather_columns(logprobs, start, length)
-        return answer.repeat_interleave(self.k, 0)
+        return answer.repeat_interleave(self.k, 0) if repeat else answer
 
-    def score(self, rollout: Rollout, logprobs, entropy, baseline, keep_old: bool) -> Scored:
+    def no_trace_rewards(self, batch_size: int = 64) -> torch.Tensor:
+        """R0 [N]: the aggregation of every training question's no-trace answer probabilities."""
+        rewards = []
+        for first in range(0, len(self.examples), batch_size):
+            chunk = [Question(0, i, self.examples[i]) for i in range(first, min(first + batch_size, len(self.examples)))]
+            lp = self.no_trace_logprobs(chunk, repeat=False).double()
+            mask = torch.arange(lp.shape[1], device=lp.device)[None, :] < torch.tensor(
+                [len(q.example.answer_ids) for q in chunk], device=lp.device)[:, None]
+            rewards.append(aggregate(self.config.method.aggregation, lp, mask, lp)[0].cpu())
+        return torch.cat(rewards)
+
+    def score(self, rollout: Rollout, chunk: list[Question], logprobs, entropy, baseline, keep_old: bool) -> Scored:
         """Rewards, advantages and answer-term weights from detached completion log-probs [B, C]."""
         m = self.config.method
         logprobs = logprobs.detach()
         answer, mask = gather_columns(logprobs, rollout.answer_start, rollout.answer_length)
         reward, token_signal = aggregate(m.aggregation, answer.double(), mask, baseline.double())
+        raw_reward = reward
+        # shaping used by the prior methods' presets (all off for NRT)
+        if self.initial_no_trace_reward is not None:
+            initial = self.initial_no_trace_reward[[q.index for q in chunk]].to(reward.device)
+            reward = debias_by_initial(reward, initial.repeat_interleave(self.k), m.reward_clip_min)
+        elif m.reward_clip_min is not None:
+            reward = reward.clamp_min(m.reward_clip_min)
+        if m.format_reward_weight > 0:
+            reward = mix_format_reward(reward, rollout.emitted_response_start, m.format_reward_weight)
         advantages = ADVANTAGES[m.advantage](reward, self.k).float()
+        groups = reward.view(-1, self.k)
+        group_std = groups.std(1)
+        kept = torch.ones(len(groups), dtype=torch.bool, device=reward.device)
+        if self.std_filter is not None:
+            kept = self.std_filter.keep(group_std)
+            advantages = advantages * kept.repeat_interleave(self.k).float()
         if m.answer_loss == "fixed":
             weights = mask.float()
         elif m.answer_loss == "derived":
             weights = normalize_token_signal(token_signal, mask, self.k).float()
+        elif m.answer_loss == "reward":
+            weights = raw_reward.float()[:, None] * mask
         else:
             weights = torch.zeros_like(answer)
-        groups = reward.view(-1, self.k)
         trace_tokens = rollout.trace_mask & (rollout.batch.completion_ids != self.response_start_id)
         stats = {
             "reward": reward.float(),
-            "zero_std_group": (groups.std(1) <= 1e-6).float() if self.k > 1 else torch.ones(len(groups)),
+            "group_reward_std": group_std.float(),
+            "zero_std_group": (group_std <= 1e-6).float(),
+            "filtered_group": (~kept).float(),
+            "empty_trace": (rollout.trace_length == 0).float(),
+            "distinct_2": rollout.distinct_2.float(),
+            "distinct_3": rollout.distinct_3.float(),
             "answer_logprob": answer.sum(-1),
             "answer_logprob_no_trace": (baseline * mask).sum(-1),
             "trace_length": rollout.trace_length.float(),
@@ -223,12 +331,12 @@ class NRTTrainer:
         }
         return Scored(advantages, weights, logprobs if keep_old else None, stats)
 
-    def micro_batch_loss(self, rollout: Rollout, baseline, scored: Scored | None):
+    def micro_batch_loss(self, rollout: Rollout, chunk: list[Question], baseline, scored: Scored | None):
         """Forward with grad; score from this same forward when no rollout-time scores exist."""
         t, m = self.config.trainer, self.config.method
         logprobs, entropy = completion_logprobs(self.model, rollout.batch, with_entropy=scored is None)
         if scored is None:  # single update per rollout: the reward comes from this very pass
-            scored = self.score(rollout, logprobs, entropy, baseline, keep_old=False)
+            scored = self.score(rollout, chunk, logprobs, entropy, baseline, keep_old=False)
         answer, mask = gather_columns(logprobs, rollout.answer_start, rollout.answer_length)
         ref = None
         if self.ref_model is not None:
@@ -246,7 +354,7 @@ class NRTTrainer:
             ref_logprobs=ref,
         )
         out = nrt_loss(
-            inputs, epsilon_low=t.epsilon_low, epsilon_high=t.epsilon_high,
+            inputs, policy_loss=m.policy_loss, epsilon_low=t.epsilon_low, epsilon_high=t.epsilon_high,
             trace_coef=m.trace_loss_coef, prefix_coef=m.prefix_loss_coef, answer_coef=m.answer_loss_coef,
             beta=t.beta, loss_normalizer=m.loss_normalizer,
         )
@@ -273,6 +381,11 @@ class NRTTrainer:
             "response_start_share": cat["response_start_share"].mean(),
             "trace_entropy": cat["entropy_sum"].sum() / cat["entropy_count"].sum().clamp_min(1),
             "zero_std_group_share": cat["zero_std_group"].mean(),
+            "group_reward_std_mean": cat["group_reward_std"].mean(),
+            "filtered_group_share": cat["filtered_group"].mean(),
+            "empty_trace_share": cat["empty_trace"].mean(),
+            "distinct_2": cat["distinct_2"].nanmean(),
+            "distinct_3": cat["distinct_3"].nanmean(),
             "loss": loss_stack("loss"),
             "trace_loss": loss_stack("trace_loss"),
             "prefix_loss": loss_stack("prefix_loss"),
@@ -296,9 +409,19 @@ class NRTTrainer:
         with logger:
             while self.step < self.total_steps:
                 metrics = self.train_step()
-                if self.step % t.logging_steps == 0 or self.step == self.total_steps:
+                collapse = self.collapse.update(metrics) if "trace_length_mean" in metrics else None
+                if collapse:
+                    metrics["collapse_detected"] = 1.0
+                if self.step % t.logging_steps == 0 or self.step == self.total_steps or collapse:
                     logger.log(metrics)
                 logger.advance(metrics)
+                if collapse:
+                    logger.warn(collapse)
+                    if t.on_collapse == "stop":
+                        self.stopped_by_collapse = collapse
+                        self.run_dir.keep_healthy(self.collapse.unhealthy_since, self.tokenizer, self.config)
+                        return
                 if self.step % t.save_steps == 0 or self.step == self.total_steps:
-                    self.run_dir.save_checkpoint(self.step, self.model, self.tokenizer, self.config)
+                    self.run_dir.save_checkpoint(self.step, self.model, self.tokenizer, self.config,
+                                                 protect_before=self.collapse.unhealthy_since)
         self.run_dir.save_final(self.model, self.tokenizer, self.config)

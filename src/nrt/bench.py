@@ -1,0 +1,296 @@
+"""`nrt bench`: time the real NRT step on a random Llama and synthetic questions.
+
+    python -m nrt.bench --hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 --fixed-length
+
+Prints one JSON line: the median seconds per step over the timed steps (after warm-up), the
+spread, the median seconds of each phase (generate, score, update), tokens per second, the
+work counted (sampled and trained tokens, matmul parameters, FLOPs), the FLOP floor of the
+step at the measured matmul rate, and memory (peak RSS; peak CUDA memory on a GPU).
+
+The workload is fixed and reproducible from the options alone: a `LlamaForCausalLM` built
+from a `LlamaConfig` (head size 64, MLP 4x hidden, tied embeddings, like Llama-3.2-1B's
+shape), a word-level tokenizer of `--vocab` tokens ("w3".."wN" plus pad, eos and
+`<|response_start|>`), and questions/answers of fixed lengths drawn at random from it.
+With `--fixed-length` no trace stops early: the stop tokens are masked until the trace
+limit, so every trace has exactly `--think` tokens (TRL's `min_new_tokens`), and two
+implementations compared on it do identical work.
+
+FLOP accounting (docs/PERFORMANCE.md): N = parameters of all matmuls, lm_head included
+(embedding lookups and norms excluded), sampled tokens S = traces x `--think`, trained
+tokens T = the real (unpadded) tokens of every update sequence
+[prompt][trace][<|response_start|>][answer][eos]. Floor = (2 N S + 6 N T) / matmul rate.
+Attention-score FLOPs are left out (small at these lengths); so is the no-trace baseline
+forward (2 N per token of Q short rows) and the prompt prefill; both are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import statistics
+import time
+
+import torch
+
+from nrt.config import Config
+from nrt.data import TokenizedExample
+from nrt.trainer import NRTTrainer
+
+SPECIALS = ["<|pad|>", "<|endoftext|>", "<|response_start|>"]
+
+
+# --------------------------------------------------------------------------- the workload
+def synthetic_tokenizer(vocab_size: int):
+    """A word-level tokenizer of exactly `vocab_size` tokens: pad, eos, <|response_start|>, w3 .. w{V-1}.
+
+    Text is words separated by spaces, so a prompt decodes to text and encodes back to the same
+    ids (TRL's side of the comparison takes text prompts).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIALS), vocab_size)})
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.add_special_tokens(SPECIALS)
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|pad|>")
+
+
+def synthetic_examples(n: int, prompt_tokens: int, answer_tokens: int, vocab_size: int, seed: int,
+                       eos_id: int = 1) -> list[TokenizedExample]:
+    """n questions of `prompt_tokens` random words; answers of `answer_tokens` tokens, the eos included."""
+    g = torch.Generator().manual_seed(seed)
+    first = len(SPECIALS)
+    prompts = torch.randint(first, vocab_size, (n, prompt_tokens), generator=g).tolist()
+    answers = torch.randint(first, vocab_size, (n, answer_tokens - 1), generator=g).tolist()
+    return [TokenizedExample(p, a + [eos_id], f"synthetic:{i}") for i, (p, a) in enumerate(zip(prompts, answers))]
+
+
+def bench_model(vocab_size: int, hidden: int, layers: int, seed: int, max_positions: int = 2048):
+    """A random Llama: head size 64, MLP 4 x hidden, tied embeddings (Llama-3.2-1B's proportions)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    heads = max(1, hidden // 64)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=1, pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def bf16_supported() -> bool:
+    """True where bfloat16 matmuls are native: a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bench_config(args) -> Config:
+    config = Config()
+    t = config.trainer
+    t.output_dir = os.devnull  # the bench never saves
+    t.seed = args.seed
+    t.num_generations = args.generations
+    t.per_device_train_batch_size = args.generations * (args.micro_prompts or args.prompts)
+    t.gradient_accumulation_steps = args.prompts // (args.micro_prompts or args.prompts)
+    t.max_completion_length = args.think
+    t.max_steps = args.warmup + args.steps
+    t.learning_rate = 1e-5
+    t.warmup_ratio = 0.0
+    t.bf16 = args.dtype == "bfloat16"
+    return config
+
+
+class FixedLengthTrainer(NRTTrainer):
+    """The NRT trainer with every trace running to the trace limit (no early stop), for benchmarks.
+
+    The trainer's own `sample` runs unchanged; only its call of `sample_traces` gets
+    `min_new_tokens` equal to the trace limit.
+    """
+
+    def sample(self, chunk):
+        import nrt.trainer as trainer_module
+
+        original = trainer_module.sample_traces
+        trainer_module.sample_traces = functools.partial(
+            original, min_new_tokens=self.config.trainer.max_completion_length)
+        try:
+            return super().sample(chunk)
+        finally:
+            trainer_module.sample_traces = original
+
+
+def build_trainer(args):
+    """(trainer, tokenizer, examples) for the options; the same seed gives the same weights and data."""
+    tokenizer = synthetic_tokenizer(args.vocab)
+    n = args.prompts * max(1, min(args.warmup + args.steps, 64))
+    examples = synthetic_examples(n, args.prompt_tokens, args.answer_tokens, args.vocab, args.seed,
+                                  tokenizer.eos_token_id)
+    model = bench_model(args.vocab, args.hidden, args.layers, args.seed)
+    cls = FixedLengthTrainer if args.fixed_length else NRTTrainer
+    return cls(bench_config(args), model, tokenizer, examples), tokenizer, examples
+
+
+# --------------------------------------------------------------------------- counting
+def parameter_counts(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return {"params_total": total, "params_non_embedding": total - embedding, "params_matmul": matmul}
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n matmul in `dtype` on this process's threads (median of repeats)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - tick)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- the run
+def run_bench(args) -> dict:
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if bf16_supported() else "float32"
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trainer, _, examples = build_trainer(args)
+    counts = parameter_counts(trainer.accelerator.unwrap_model(trainer.model))
+
+    step_times, phases, rss, sampled, trained = [], {"generate": [], "score": [], "update": []}, [], [], []
+    peak_after_warmup = None
+    for step in range(args.warmup + args.steps):
+        questions = trainer.step_questions(trainer.step)
+        tick = time.perf_counter()
+        metrics = trainer.train_step()
+        elapsed = time.perf_counter() - tick
+        if step < args.warmup:
+            continue
+        if peak_after_warmup is None:
+            peak_after_warmup = peak_rss_mb()
+        step_times.append(elapsed)
+        for name in phases:
+            phases[name].append(metrics[f"time_{name}"])
+        rss.append(rss_mb())
+        traces = len(questions) * trainer.k * trainer.accelerator.num_processes
+        sampled.append(metrics["trace_length_mean"] * traces)
+        trained.append(sum(
+            trainer.k * (len(q.example.prompt_ids) + len(q.example.answer_ids) + 1) for q in questions
+        ) * trainer.accelerator.num_processes + metrics["trace_length_mean"] * traces)
+
+    dtype = getattr(torch, args.dtype)
+    rate = matmul_rate(dtype) * 1e9
+    n = counts["params_matmul"]
+    med = statistics.median(step_times)
+    s, t = statistics.median(sampled), statistics.median(trained)
+    update = statistics.median(phases["update"])
+    prompts_tokens = args.prompts * args.prompt_tokens
+    result = {
+        "sec_per_step": med,
+        "sec_per_step_min": min(step_times),
+        "sec_per_step_max": max(step_times),
+        "sec_per_step_iqr": _iqr(step_times),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        **{f"sec_{name}": statistics.median(v) for name, v in phases.items()},
+        "score_share": statistics.median(phases["score"]) / med,
+        "sampled_tokens": s,
+        "trained_tokens": t,
+        "prefill_tokens": prompts_tokens,
+        "baseline_tokens": args.prompts * (args.prompt_tokens + 1 + args.answer_tokens),
+        "tokens_per_sec": s / med,
+        "trained_tokens_per_sec": t / med,
+        **counts,
+        "flops_sample": 2 * n * s,
+        "flops_update": 6 * n * t,
+        "matmul_gflops": rate / 1e9,
+        "floor_sec": (2 * n * s + 6 * n * t) / rate,
+        "step_over_floor": med / ((2 * n * s + 6 * n * t) / rate),
+        "update_matmul_fraction": 6 * n * t / update / rate,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb_after_warmup": peak_after_warmup,
+        "rss_mb_first": rss[0],
+        "rss_mb_last": rss[-1],
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg()[0],
+        "config": {k: v for k, v in vars(args).items() if k not in ("func", "overrides")},
+    }
+    if torch.cuda.is_available():
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.trace_rss:
+        result["rss_mb_by_step"] = [round(x, 1) for x in rss]
+    return result
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 4:
+        return max(values) - min(values)
+    q = statistics.quantiles(values, n=4)
+    return q[2] - q[0]
+
+
+# --------------------------------------------------------------------------- command line
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hidden", type=int, default=256, help="model width (head size 64, MLP 4x)")
+    p.add_argument("--layers", type=int, default=4, help="decoder layers")
+    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size of the synthetic tokenizer")
+    p.add_argument("--prompts", type=int, default=16, help="questions per step")
+    p.add_argument("--micro-prompts", type=int, default=0,
+                   help="questions per micro-batch (0: all of a step's questions in one micro-batch)")
+    p.add_argument("--generations", type=int, default=8, help="K: traces per question")
+    p.add_argument("--think", type=int, default=48, help="trace tokens (the limit; exact with --fixed-length)")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="tokens per question")
+    p.add_argument("--answer-tokens", type=int, default=16, help="tokens per reference answer, eos included")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fixed-length", action="store_true", help="every trace runs to --think tokens")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="autocast dtype; auto picks bfloat16 where the CPU/GPU supports it natively")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--trace-rss", action="store_true", help="also list the RSS (MB) after every timed step")
+
+
+def run_command(args) -> None:
+    print(json.dumps(run_bench(args)), flush=True)
+
+
+def add_bench(subparsers) -> None:
+    """`nrt bench`, for cli.build_parser."""
+    p = subparsers.add_parser("bench", help="time NRT steps on a random Llama; prints one JSON line",
+                              description=__doc__.splitlines()[0])
+    add_arguments(p)
+    p.set_defaults(func=run_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="nrt bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    run_command(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

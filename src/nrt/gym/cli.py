@@ -1,0 +1,136 @@
+"""`nrt gym ...` commands: build the reasoning gym's base model, its Q&A splits, and probe it.
+
+    nrt gym pretrain [--corpus FILE] [--output-dir DIR] [--steps N] [--seed S] ...
+    nrt gym data --output-dir DIR [--seed S] [--tasks t1,t2]
+    nrt gym probe --model DIR [--splits validation,test] [--limit N]
+
+`register(subparsers)` adds them to the main `nrt` parser; `python -m nrt.gym.cli ...`
+runs them alone. Library errors (bad files, bad options) become one-line messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from nrt.gym import tasks as T
+
+
+def _usage_error(message: str):
+    try:
+        from nrt.cli import UsageError
+    except ImportError:  # standalone use
+        raise SystemExit(f"nrt gym: error: {message}")
+    raise UsageError(message)
+
+
+def _tasks(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in names if t not in T.TASKS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {bad}; choose from {','.join(T.TASKS)}")
+    return names
+
+
+def register(subparsers) -> None:
+    gym = subparsers.add_parser("gym", help="the reasoning gym: tiny base model, Q&A splits, probe")
+    sub = gym.add_subparsers(dest="gym_command", required=True)
+
+    from nrt.gym.pretrain import PretrainConfig
+
+    d = PretrainConfig()
+    p = sub.add_parser("pretrain", help="pretrain a tokenizer + tiny Llama from scratch",
+                       description="Pretrain on the gym corpus (default) or on --corpus FILE "
+                       "(.txt: one document per line; .jsonl: a 'text' field per line).")
+    p.add_argument("--corpus", help="your own corpus instead of the gym's")
+    p.add_argument("--output-dir", default=d.output_dir, help=f"where the model goes (default {d.output_dir})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of world, corpus, batches and weights")
+    p.add_argument("--tasks", type=_tasks, default=d.tasks, help="gym tasks in the corpus, comma separated")
+    for name, help_ in (("batch_tokens", "padded tokens per batch"), ("learning_rate", "peak AdamW lr"),
+                        ("warmup_steps", "linear warmup steps"), ("hidden_size", "model width"),
+                        ("num_layers", "transformer layers"), ("num_heads", "attention heads"),
+                        ("intermediate_size", "MLP width"), ("vocab_size", "BPE vocabulary size"),
+                        ("max_length", "longest training sequence"), ("threads", "torch CPU threads")):
+        default = getattr(d, name)
+        kind = float if isinstance(default, float) else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"{help_} (default {default})")
+    p.set_defaults(func=run_pretrain)
+
+    p = sub.add_parser("data", help="write each task's train/validation/test splits as jsonl")
+    p.add_argument("--output-dir", required=True, help="DIR/<task>/<split>.jsonl with fields question, answer")
+    p.add_argument("--seed", type=int, default=0, help="must match the base model's pretraining seed")
+    p.add_argument("--tasks", type=_tasks, default=T.TASKS)
+    p.set_defaults(func=run_data)
+
+    p = sub.add_parser("probe", help="direct / forced-think / free accuracy of a gym model")
+    p.add_argument("--model", required=True, help="a directory written by `nrt gym pretrain`")
+    p.add_argument("--splits", default="validation", help="comma separated, from train,validation,test")
+    p.add_argument("--tasks", type=_tasks, default=T.TASKS)
+    p.add_argument("--limit", type=int, default=200, help="questions per split")
+    p.add_argument("--output", help="also write the report here (json)")
+    p.set_defaults(func=run_probe)
+
+
+def run_pretrain(args) -> None:
+    from nrt.gym.pretrain import PretrainConfig, pretrain
+
+    names = {f.name for f in fields(PretrainConfig)}
+    cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    if cfg.steps < 1:
+        _usage_error("--steps must be positive")
+    try:
+        pretrain(cfg)
+    except (ValueError, FileNotFoundError, UnicodeDecodeError) as e:
+        _usage_error(str(e).splitlines()[0])
+
+
+def write_splits(output_dir: str, seed: int = 0, tasks=T.TASKS) -> dict[str, dict[str, int]]:
+    """DIR/<task>/<split>.jsonl for the train/validation/test splits; returns the counts."""
+    counts = {}
+    for task in tasks:
+        items = T.task_items(task, seed)
+        folder = Path(output_dir) / task
+        folder.mkdir(parents=True, exist_ok=True)
+        counts[task] = {}
+        for split in T.SPLITS:
+            with open(folder / f"{split}.jsonl", "w") as f:
+                for it in items[split]:
+                    f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
+            counts[task][split] = len(items[split])
+    return counts
+
+
+def run_data(args) -> None:
+    for task, c in write_splits(args.output_dir, args.seed, args.tasks).items():
+        print(f"{task}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+
+
+def run_probe(args) -> None:
+    from nrt.gym.probe import probe
+
+    if not (Path(args.model) / "config.json").exists():
+        _usage_error(f"{args.model}: not a model directory")
+    splits = tuple(s for s in args.splits.split(",") if s)
+    if any(s not in T.SPLITS for s in splits):
+        _usage_error(f"--splits: choose from {','.join(T.SPLITS)}")
+    report = probe(args.model, args.tasks, splits, limit=args.limit)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nrt")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
