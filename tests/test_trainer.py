@@ -118,3 +118,24 @@ def test_steps_per_generation_uses_rollout_logprobs_as_old_policy(tiny_model_dir
     # the second update sees a moved policy: its ratios against the rollout-time
     # log-probs differ from 1, which only happens if those (not its own) are the old policy
     assert metrics["clip_fraction"] >= 0 and metrics["time_score"] > 0
+
+
+def test_sft_step_minimises_mean_nll_of_marker_and_answer(tiny_model_dir, sums_file, tmp_path):
+    trainer = make_trainer(tiny_model_dir, sums_file, tmp_path, method__objective="sft", trainer__warmup_ratio=0.0)
+    chunk = trainer.micro_batches(0)[0]
+    assert len(chunk) == 8  # one sequence per question
+    model = trainer.model
+    # independent NLL: full forward over [prompt][rs][answer], labels shifted by one
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for q in chunk:
+            ids = q.example.prompt_ids + [trainer.response_start_id] + q.example.answer_ids
+            logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+            targets = torch.tensor(ids[len(q.example.prompt_ids):])
+            logp = torch.log_softmax(logits[len(q.example.prompt_ids) - 1 : -1], -1)
+            nll -= logp.gather(1, targets[:, None]).sum().item()
+            count += len(targets)
+    metrics = trainer.train_step()
+    assert metrics["loss"] == pytest.approx(nll / count, rel=1e-4)
+    after = trainer.train_step()
+    assert after["step"] == 2 and "reasoning_gain" not in after

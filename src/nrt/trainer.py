@@ -5,6 +5,7 @@ the current policy, splices the reference answer after every trace, and trains o
 
     reward of a trace  R_k = f(c_1k .. c_Tk),  c_ik = pi(y*_i | x, z_k, y*_<i)   (rewards.py)
     advantage          A_k = group-normalised R_k                                (advantages.py)
+    (both, with the prior methods' shaping, in one pure function                   scoring.py)
     loss               trace RL term + response-prefix term + answer term          (loss.py)
 
 When a rollout batch gets a single optimizer update (the default) the answer
@@ -31,7 +32,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from nrt.advantages import ADVANTAGES, normalize_token_signal
 from nrt.checkpoints import RunDirectory
 from nrt.collapse import CollapseDetector
 from nrt.config import Config
@@ -41,7 +41,8 @@ from nrt.loss import LossInputs, nrt_loss
 from nrt.rewards import aggregate
 from nrt.rollouts import Rollout, build_rollout, no_trace_batch
 from nrt.sampling import sample_traces
-from nrt.shaping import EmaStdFilter, debias_by_initial, mix_format_reward
+from nrt.scoring import score_traces
+from nrt.shaping import EmaStdFilter
 from nrt.sequences import completion_logprobs, gather_columns
 from nrt.tokens import ensure_response_start_token
 
@@ -288,31 +289,12 @@ class NRTTrainer:
         m = self.config.method
         logprobs = logprobs.detach()
         answer, mask = gather_columns(logprobs, rollout.answer_start, rollout.answer_length)
-        reward, token_signal = aggregate(m.aggregation, answer.double(), mask, baseline.double())
-        raw_reward = reward
-        # shaping used by the prior methods' presets (all off for NRT)
+        initial = None
         if self.initial_no_trace_reward is not None:
-            initial = self.initial_no_trace_reward[[q.index for q in chunk]].to(reward.device)
-            reward = debias_by_initial(reward, initial.repeat_interleave(self.k), m.reward_clip_min)
-        elif m.reward_clip_min is not None:
-            reward = reward.clamp_min(m.reward_clip_min)
-        if m.format_reward_weight > 0:
-            reward = mix_format_reward(reward, rollout.emitted_response_start, m.format_reward_weight)
-        advantages = ADVANTAGES[m.advantage](reward, self.k).float()
-        groups = reward.view(-1, self.k)
-        group_std = groups.std(1)
-        kept = torch.ones(len(groups), dtype=torch.bool, device=reward.device)
-        if self.std_filter is not None:
-            kept = self.std_filter.keep(group_std)
-            advantages = advantages * kept.repeat_interleave(self.k).float()
-        if m.answer_loss == "fixed":
-            weights = mask.float()
-        elif m.answer_loss == "derived":
-            weights = normalize_token_signal(token_signal, mask, self.k).float()
-        elif m.answer_loss == "reward":
-            weights = raw_reward.float()[:, None] * mask
-        else:
-            weights = torch.zeros_like(answer)
+            initial = self.initial_no_trace_reward[[q.index for q in chunk]].repeat_interleave(self.k)
+        scores = score_traces(m, self.k, answer, mask, baseline, rollout.emitted_response_start, initial,
+                              self.std_filter)
+        reward, group_std, kept = scores.reward, scores.group_std, scores.kept
         trace_tokens = rollout.trace_mask & (rollout.batch.completion_ids != self.response_start_id)
         stats = {
             "reward": reward.float(),
@@ -329,7 +311,7 @@ class NRTTrainer:
             "entropy_sum": (entropy * trace_tokens).sum().reshape(1),
             "entropy_count": trace_tokens.sum().float().reshape(1),
         }
-        return Scored(advantages, weights, logprobs if keep_old else None, stats)
+        return Scored(scores.advantages, scores.answer_weights, logprobs if keep_old else None, stats)
 
     def micro_batch_loss(self, rollout: Rollout, chunk: list[Question], baseline, scored: Scored | None):
         """Forward with grad; score from this same forward when no rollout-time scores exist."""

@@ -187,6 +187,32 @@ def bool_item(expr: str) -> Item:
     return Item(f"{expr} is", steps[-1], "= " + " = ".join(steps))
 
 
+def _all(sym: str, n: int) -> list[list[str]]:
+    """Every token string of length n derivable from `sym` (B as a placeholder)."""
+    if n <= 0:
+        return []
+    if sym in ("or", "and"):
+        sub = "and" if sym == "or" else "not"
+        out = _all(sub, n)
+        for i in range(1, n - 1):
+            out += [a + [sym] + b for a in _all(sym, i) for b in _all(sub, n - 1 - i)]
+        return out
+    if sym == "not":
+        return [["not"] + t for t in _all("not", n - 1)] + _all("atom", n)
+    return ([["B"]] if n == 1 else []) + [["("] + t + [")"] for t in _all("or", n - 2)]
+
+
+def all_bool_expressions(n_tokens: int = 8) -> list[str]:
+    """All boolean expressions of exactly `n_tokens` tokens (2122 for 8), in a fixed order."""
+    out = []
+    for pattern in _all("or", n_tokens):
+        slots = pattern.count("B")
+        for bits in range(2 ** slots):
+            vals = iter(("True", "False")[(bits >> k) & 1] for k in range(slots))
+            out.append(" ".join(next(vals) if t == "B" else t for t in pattern))
+    return out
+
+
 def random_bool_expression(rng: random.Random, n_tokens: int = 8) -> str:
     return " ".join(_render_bool(_sample("or", n_tokens, rng)))
 
@@ -309,19 +335,28 @@ def task_items(task: str, seed: int = 0, sizes: dict | None = None, exclude: set
     sizes = {**DEFAULT_SIZES[task], **(sizes or {})}
     rng = random.Random(f"{task}-{seed}")
     seen = set(exclude)
+    if task == "boolean_expressions":  # a finite space: shuffle all of it, deal out splits
+        pool = [e + " is" for e in all_bool_expressions(8)]
+        rng.shuffle(pool)
+        pool = [q for q in pool if q not in seen and not is_bbh_question(q)]
+        out, start = {}, 0
+        for split in SPLITS:
+            out[split] = [bool_item(q) for q in pool[start:start + sizes[split]]]
+            start += sizes[split]
+            if len(out[split]) < sizes[split]:
+                raise ValueError(f"{task}: only {len(out[split])} unique questions left for {split}")
+        out["pretrain"] = [bool_item(q) for q in pool[start:start + pretrain_size]]
+        return out
     out: dict[str, list[Item]] = {}
     for split in SPLITS + ("pretrain",):
         want = pretrain_size if split == "pretrain" else sizes[split]
-        items, misses = [], 0
-        while len(items) < want and misses < 50000:
+        items = []
+        while len(items) < want:
             it = new_item(task, rng)
             if it.question in seen or is_bbh_question(it.question):
-                misses += 1
                 continue
             seen.add(it.question)
             items.append(it)
-        if split != "pretrain" and len(items) < want:
-            raise ValueError(f"{task}: only {len(items)} unique questions left for {split}")
         out[split] = items
     return out
 
