@@ -102,10 +102,6 @@ def test_group_norm_indivisible_raises(n, k):
         group_norm(torch.zeros(n), k)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "advantages.py group_norm: STD_EPS=1e-6 is an absolute threshold, so a group whose rewards differ "
-    "but are all small (e.g. `prob`-mode rewards prod c_i ~ 1e-8) gets advantage 0 instead of "
-    "(R - mean)/std = [-1, 0, 1]; the spec says 0 only where the std is 0"))
 def test_group_norm_small_scale_rewards_are_not_zeroed():
     # `prob` rewards for a 20-token answer at c ~ 0.4 are ~1e-8: scale must not matter.
     rewards = torch.tensor([1e-8, 2e-8, 3e-8], dtype=torch.float64)

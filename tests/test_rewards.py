@@ -146,13 +146,9 @@ def test_token_signal_is_c_times_df_dc(mode, seed):
     [
         "log_prob",
         "prob",
-        pytest.param("arithmetic_mean", marks=pytest.mark.xfail(strict=True, reason=(
-            "rewards.py arithmetic_mean: n = mask.sum(-1) is int64 and n.log() is computed in float32, "
-            "so float64 inputs get a float32-accurate reward (relative error ~1e-8)"))),
+        "arithmetic_mean",
         "geometric_mean",
-        pytest.param("weighted_sum_inverse_prob", marks=pytest.mark.xfail(strict=True, reason=(
-            "rewards.py weighted_sum_inverse_prob: n.log() of an int64 count is float32, "
-            "so float64 inputs get a float32-accurate reward (relative error ~1e-8)"))),
+        "weighted_sum_inverse_prob",
         "weighted_sum_log_prob",
     ],
 )

@@ -11,7 +11,10 @@ from typing import Callable
 
 import torch
 
-STD_EPS = 1e-6  # a group whose reward std is below this is treated as constant
+# A group counts as constant when its std is within rounding of zero relative to its
+# rewards' magnitude (the mean of K equal floats need not equal them exactly), so tiny
+# but genuinely different rewards (prob rewards of 1e-8) keep their advantages.
+STD_RTOL = 1e-6
 
 AdvantageEstimator = Callable[[torch.Tensor, int], torch.Tensor]
 ADVANTAGES: dict[str, AdvantageEstimator] = {}
@@ -23,6 +26,12 @@ def register_advantage(name: str):
         return fn
 
     return decorator
+
+
+def is_constant(groups: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[Q, 1] bool: groups [Q, K...] whose std is zero up to rounding."""
+    scale = groups.abs().flatten(1).amax(1, keepdim=True).view_as(std)
+    return std <= STD_RTOL * scale
 
 
 def _groups(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -39,8 +48,9 @@ def group_norm(rewards: torch.Tensor, k: int) -> torch.Tensor:
     """
     g = _groups(rewards, k)
     centred = g - g.mean(1, keepdim=True)
-    std = g.std(1, keepdim=True) if k > 1 else torch.zeros_like(g)
-    return torch.where(std > STD_EPS, centred / std.clamp_min(STD_EPS), 0.0).flatten()
+    std = g.std(1, keepdim=True) if k > 1 else torch.zeros_like(g[:, :1])
+    constant = is_constant(g, std)
+    return torch.where(constant, 0.0, centred / torch.where(constant, 1.0, std)).flatten()
 
 
 @register_advantage("rloo")
@@ -69,5 +79,6 @@ def normalize_token_signal(signal: torch.Tensor, mask: torch.Tensor, k: int) -> 
     mean = s.sum((1, 2), keepdim=True) / n
     var = (((s - mean) * m) ** 2).sum((1, 2), keepdim=True) / (n - 1).clamp_min(1)
     std = var.sqrt()
-    weights = torch.where(std > STD_EPS, (s - mean) / std.clamp_min(STD_EPS), 0.0) * m
+    constant = is_constant(s, std)
+    weights = torch.where(constant, 0.0, (s - mean) / torch.where(constant, 1.0, std)) * m
     return weights.flatten(0, 1)

@@ -60,7 +60,7 @@ def prob(lp, mask, baseline):
 @register_aggregation("arithmetic_mean")
 def arithmetic_mean(lp, mask, baseline):
     """R = (1/T) sum_i c_i;  c_i * df/dc_i = c_i / T.  (RLPR before its debiasing)"""
-    n = mask.sum(-1)
+    n = mask.sum(-1).to(lp.dtype)
     reward = (_masked_logsumexp(lp, mask) - n.log()).exp()
     return reward, lp.exp() / n[:, None] * mask
 
@@ -68,7 +68,7 @@ def arithmetic_mean(lp, mask, baseline):
 @register_aggregation("geometric_mean")
 def geometric_mean(lp, mask, baseline):
     """R = (prod_i c_i)^(1/T);  c_i * df/dc_i = R / T.  (NRT-GM)"""
-    n = mask.sum(-1)
+    n = mask.sum(-1).to(lp.dtype)
     reward = ((lp * mask).sum(-1) / n).exp()
     return reward, (reward / n)[:, None] * mask
 
@@ -77,7 +77,7 @@ def geometric_mean(lp, mask, baseline):
 def weighted_sum_inverse_prob(lp, mask, baseline):
     """R = (1/T) sum_i c_i / c0_i;  c_i * df/dc_i = c_i / (T * c0_i).  (NRT-WS(1/p))"""
     base = _require_baseline(baseline, "weighted_sum_inverse_prob")
-    n = mask.sum(-1)
+    n = mask.sum(-1).to(lp.dtype)
     log_ratio = lp - base
     reward = (_masked_logsumexp(log_ratio, mask) - n.log()).exp()
     return reward, log_ratio.exp() / n[:, None] * mask
@@ -91,7 +91,7 @@ def weighted_sum_log_prob(lp, mask, baseline):
     produce without thinking count most. It does not depend on the trace.
     """
     base = _require_baseline(baseline, "weighted_sum_log_prob")
-    n = mask.sum(-1)
+    n = mask.sum(-1).to(lp.dtype)
     signal = lp.exp() * (-base) / n[:, None] * mask
     return signal.sum(-1), signal
 

@@ -17,7 +17,10 @@ from transformers import DynamicCache
 
 
 def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Next token per row [N] from logits [N, V] and uniform numbers u [N]; temperature 0 is greedy."""
+    """Next token per row [N] from logits [N, V] and uniform numbers u [N]; temperature 0 is greedy.
+
+    Inverse CDF: the first token whose cumulative probability exceeds u * total (`right=True`,
+    so a zero-probability token is never drawn, even for u = 0)."""
     if temperature == 0.0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -27,10 +30,10 @@ def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: floa
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         cdf = sorted_probs.cumsum(-1)
-        choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).clamp_max(probs.shape[-1] - 1)
+        choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp_max(probs.shape[-1] - 1)
         return order.gather(-1, choice).squeeze(-1)
     cdf = probs.cumsum(-1)
-    choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).clamp_max(probs.shape[-1] - 1)
+    choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp_max(probs.shape[-1] - 1)
     return choice.squeeze(-1)
 
 

@@ -32,6 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
+from nrt.advantages import is_constant
 from nrt.checkpoints import RunDirectory
 from nrt.collapse import CollapseDetector
 from nrt.config import Config
@@ -299,7 +300,7 @@ class NRTTrainer:
         stats = {
             "reward": reward.float(),
             "group_reward_std": group_std.float(),
-            "zero_std_group": (group_std <= 1e-6).float(),
+            "zero_std_group": is_constant(reward.view(-1, self.k), group_std[:, None]).squeeze(1).float(),
             "filtered_group": (~kept).float(),
             "empty_trace": (rollout.trace_length == 0).float(),
             "distinct_2": rollout.distinct_2.float(),

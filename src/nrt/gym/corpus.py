@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from nrt.gym import tasks as T
 from nrt.gym import world as W
+from nrt.gym.bbh_hashes import is_bbh_question
 from nrt.gym.tokenizer import EOS, RESPONSE_START
 
 
@@ -117,12 +118,26 @@ class Corpus:
             item = r.choice(self.items["boolean_expressions"]["pretrain"])
         else:
             item = T.bool_item(T.random_bool_expression(r, n))
+            while self._contains_held_out(item):
+                item = T.bool_item(T.random_bool_expression(r, n))
         if not self._think(self.cfg.think_share):
             return qa_document(item.question, item.answer)
         if self._think(self.cfg.trace_error):
             steps = T.bool_steps(item.question, error_at=r.randrange(len(T.bool_steps(item.question))))
             return qa_document(item.question, steps[-1], "= " + " = ".join(steps))
         return qa_document(item.question, item.answer, item.trace)
+
+    def _contains_held_out(self, item: T.Item) -> bool:
+        """Whether a held-out or BBH expression is an 8-token window of a longer question or
+        of one of its trace's states (e.g. "not ( ... )" around it, or a 9-token expression
+        whose first rewrite is it): such a document would hold, even evaluate, that question."""
+        for text in [item.question.removesuffix(" is")] + item.trace.removeprefix("= ").split(" = "):
+            toks = text.split()
+            for s in range(len(toks) - 7):
+                q = " ".join(toks[s:s + 8]) + " is"
+                if q in self.held_out or is_bbh_question(q):
+                    return True
+        return False
 
     # ------------------------------------------------------------------ arithmetic
 

@@ -1,0 +1,37 @@
+"""Profile one NRT bench step (torch.profiler): the top operators by self CPU time.
+
+    .venv/bin/python benchmarks/profile_step.py [nrt bench options] [--rows 25]
+"""
+
+import argparse
+import sys
+
+import torch
+
+from nrt.bench import add_arguments, bf16_supported, build_trainer
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--phase", choices=["step", "generate", "update"], default="step")
+    args = p.parse_args(argv)
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if bf16_supported() else "float32"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trainer, _, _ = build_trainer(args)
+    for _ in range(args.warmup):
+        trainer.train_step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        if args.phase == "step":
+            m = trainer.train_step()
+            print({k: round(v, 3) for k, v in m.items() if k.startswith("time_")}, file=sys.stderr)
+        elif args.phase == "generate":
+            trainer.sample(trainer.micro_batches(trainer.step)[0])
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Gym corpus: the document contract, no held-out question, answers that follow traces."""
+
+import re
+
+import pytest
+
+from nrt.gym import tasks as T
+from nrt.gym import world as W
+from nrt.gym.corpus import Corpus, CorpusConfig, qa_document
+from nrt.gym.tokenizer import EOS, RESPONSE_START
+
+QA = re.compile(r"(?s)([^\n]*)\n(.*)" + re.escape(RESPONSE_START) + r"(.*)" + re.escape(EOS))
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    c = Corpus(CorpusConfig(seed=0))
+    return c, c.documents(30000)
+
+
+def test_document_format_is_the_trainer_contract():
+    assert qa_document("who is the mother of kuna?", "vera") == \
+        "who is the mother of kuna?\n<|response_start|>vera<|endoftext|>"
+    assert qa_document("q", "a", "t.") == "q\nt.<|response_start|>a<|endoftext|>"
+
+
+def test_every_document_is_well_formed(corpus):
+    _, docs = corpus
+    for d in docs:
+        assert d.endswith(EOS) and d.count(EOS) == 1 and d.count(RESPONSE_START) <= 1
+        if RESPONSE_START in d:
+            m = QA.fullmatch(d)
+            assert m and m.group(3) and "\n" not in m.group(2) + m.group(3)
+
+
+def test_corpus_has_no_question_of_any_split(corpus):
+    c, docs = corpus
+    held = set()
+    for task in T.TASKS:
+        items = T.task_items(task, 0, world=c.world)
+        held |= {i.question for s in T.SPLITS for i in items[s]}
+    assert len(held) > 3000
+    questions = {QA.fullmatch(d).group(1) for d in docs if RESPONSE_START in d}
+    assert not questions & held
+    text = "\n".join(docs)
+    for q in list(held)[:: max(1, len(held) // 500)]:  # nor inside any text (a longer expression)
+        assert q.removesuffix(" is") not in text
+
+
+def test_think_share_and_answers_follow_their_traces(corpus):
+    _, docs = corpus
+    qa = [QA.fullmatch(d) for d in docs if RESPONSE_START in d]
+    composed = [m for m in qa if " of the " in m.group(1)]
+    share = sum(bool(m.group(2)) for m in composed) / len(composed)
+    assert 0.3 < share < 0.4
+    wrong = 0
+    for m in qa:
+        q, trace, ans = m.groups()
+        if not trace:
+            continue
+        if q.endswith(" is"):  # boolean: the trace's last state is the answer
+            assert trace.endswith("= " + ans)
+            wrong += T.bool_item(q).answer != ans
+        elif q.endswith(" ="):  # arithmetic: the trace's last result is the answer
+            assert trace.endswith(f"= {ans}.")
+            wrong += T.arith_item(q).answer != ans
+        else:  # multihop: the last fact's object
+            assert trace.rstrip(".").split()[-1] == ans
+    assert wrong > 0  # some traces are wrong, and their answers still follow them
+
+
+def test_one_hop_traces_cover_every_person(corpus):
+    c, docs = corpus
+    subjects = set()
+    for d in docs:
+        m = QA.fullmatch(d) if RESPONSE_START in d else None
+        if m and m.group(2) and " of the " not in m.group(1) and m.group(1).startswith(("who", "where")):
+            subjects.add(m.group(2).split(" of ")[-1].split(" is ")[0] if "the " in m.group(2)[:4]
+                         else m.group(2).split(" lives in ")[0])
+    assert set(c.world.people) <= subjects
+
+
+def test_composed_questions_only_for_the_pretrain_group(corpus):
+    c, docs = corpus
+    pre = set(c.world.groups["pretrain"])
+    for d in docs:
+        if RESPONSE_START in d and " of the " in d.split("\n")[0]:
+            subject = d.split("\n")[0].rstrip("?").removesuffix(" live").split(" of ")[-1]
+            assert subject in pre
+    assert W.GROUPS[0] == "pretrain"
