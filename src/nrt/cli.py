@@ -187,6 +187,94 @@ def run_generate(args) -> None:
         print(f"answer:   {tokenizer.decode(r.answer_ids)}\n")
 
 
+# --------------------------------------------------------------------------- eval
+
+
+def default_bbh_dir() -> Path:
+    """BIG-Bench-Hard files: $NRT_BBH_DIR, else ../shared/data/bbh beside the working dir or the repo."""
+    if os.environ.get("NRT_BBH_DIR"):
+        return Path(os.environ["NRT_BBH_DIR"])
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = base.parent / "shared" / "data" / "bbh"
+        if candidate.is_dir():
+            return candidate
+    return Path("../shared/data/bbh")
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy and reasoning gain of a model on Q&A data or a BBH task")
+    p.add_argument("--model", required=True, help="model directory")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="Q&A file (same formats as nrt train)")
+    source.add_argument("--bbh", metavar="TASK", help="a BIG-Bench-Hard task, e.g. boolean_expressions")
+    p.add_argument("--bbh-dir", default=None, help="BBH json directory (default: ../shared/data/bbh or $NRT_BBH_DIR)")
+    p.add_argument("--question-field", default="question")
+    p.add_argument("--answer-field", default="answer")
+    p.add_argument("--prompt-template", default="{question}\n")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N questions")
+    p.add_argument("--max-trace-tokens", type=int, default=128)
+    p.add_argument("--max-answer-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force-trace", action="store_true", help="forbid answering without a trace")
+    p.add_argument("--output", help="JSON report path (default: MODEL/eval/<data name>.json)")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args) -> None:
+    from nrt.data import DataError, load_qa_records, tokenize_records
+
+    if args.bbh:
+        bbh_dir = Path(args.bbh_dir) if args.bbh_dir else default_bbh_dir()
+        path = bbh_dir / f"{args.bbh}.json"
+        if not path.is_file():
+            import difflib
+
+            tasks = sorted(p.stem for p in bbh_dir.glob("*.json"))
+            hint = difflib.get_close_matches(args.bbh, tasks, n=1)
+            fail(f"--bbh {args.bbh}: no such task in {bbh_dir}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        fields = ("input", "target")
+    else:
+        path, fields = Path(args.data), (args.question_field, args.answer_field)
+    for name in ("limit", "max_trace_tokens", "max_answer_tokens", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    tokenizer = load_tokenizer(args.model)
+    try:
+        records = load_qa_records(path, *fields, messages_field=None)[: args.limit]
+        examples, _ = tokenize_records(records, tokenizer, args.prompt_template, 10**6, 10**6)
+    except (DataError, ValueError) as e:
+        fail(str(e))
+
+    from transformers import AutoModelForCausalLM
+
+    from nrt.evaluate import EvalConfig, evaluate, write_report
+    from nrt.tokens import ensure_response_start_token
+
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    rs = ensure_response_start_token(model, tokenizer)
+    cfg = EvalConfig(args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed, args.force_trace)
+    summary, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
+    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{args.bbh or path.stem}.json"
+    write_report(output, summary, rows, {"model": args.model, "data": str(path), "config": vars(cfg)})
+    print_summary(f"{args.bbh or path.name}", summary)
+    print(f"report: {output}")
+
+
+def print_summary(title: str, summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("n", "accuracy", "think share", "trace len", "logp after trace", "logp no trace", "gain"):
+        table.add_column(column, justify="right")
+    s = summary
+    table.add_row(str(s["n"]), f"{s['accuracy']:.1%}", f"{s['think_share']:.1%}", f"{s['trace_length_mean']:.1f}",
+                  f"{s['answer_logprob']:.3f}", f"{s['answer_logprob_no_trace']:.3f}", f"{s['reasoning_gain']:+.3f}")
+    Console().print(table)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -197,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train(sub)
     add_generate(sub)
+    add_eval(sub)
     add_demo(sub)
     return parser
 

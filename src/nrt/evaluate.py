@@ -1,0 +1,101 @@
+"""`nrt eval`: think-then-answer accuracy and answer likelihood with and without a trace.
+
+For each question:
+- greedy think-then-answer: the model writes a trace (or none: it may emit
+  `<|response_start|>` at once), then an answer; exact match against the reference after
+  normalising whitespace and case;
+- answer log-likelihood after one sampled trace (temperature 1) and without a trace, and
+  their difference, the reasoning gain (nats, summed over answer tokens, eos included).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nrt.data import TokenizedExample
+from nrt.generation import think_then_answer
+from nrt.rollouts import build_rollout, no_trace_batch
+from nrt.sampling import sample_traces
+from nrt.sequences import completion_logprobs, gather_columns
+
+
+def normalize_answer(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+@dataclass
+class EvalConfig:
+    max_trace_tokens: int = 128
+    max_answer_tokens: int = 32
+    batch_size: int = 32
+    seed: int = 0
+    force_trace: bool = False  # forbid an immediate <|response_start|> (measures the forced-think ceiling)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, examples: list[TokenizedExample], references: list[str], cfg: EvalConfig,
+             response_start_id: int) -> tuple[dict, list[dict]]:
+    """Returns (summary metrics, one row per question)."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows = []
+    for first in range(0, len(examples), cfg.batch_size):
+        batch = examples[first : first + cfg.batch_size]
+        prompts = [ex.prompt_ids for ex in batch]
+        answers = [ex.answer_ids for ex in batch]
+        greedy = think_then_answer(
+            model, prompts, response_start_id=response_start_id, eos_id=eos, pad_id=pad,
+            max_trace_tokens=cfg.max_trace_tokens, max_answer_tokens=cfg.max_answer_tokens,
+            temperature=0.0, force_trace=cfg.force_trace,
+        )
+        sampled = sample_traces(
+            model, prompts, num_generations=1, max_new_tokens=cfg.max_trace_tokens,
+            stop_token_ids=[response_start_id, eos], pad_token_id=pad,
+            seeds=[cfg.seed * 1_000_003 + first + i for i in range(len(batch))],
+        )
+        rollout = build_rollout(prompts, answers, sampled, num_generations=1, response_start_id=response_start_id,
+                                eos_id=eos, pad_id=pad, device=next(model.parameters()).device)
+        lp, _ = completion_logprobs(model, rollout.batch)
+        with_trace = gather_columns(lp, rollout.answer_start, rollout.answer_length)[0].sum(-1)
+        base_batch, start, length = no_trace_batch(prompts, answers, response_start_id, pad, rollout.batch.input_ids.device)
+        base_lp, _ = completion_logprobs(model, base_batch)
+        without = gather_columns(base_lp, start, length)[0].sum(-1)
+        for i, (ex, g) in enumerate(zip(batch, greedy)):
+            prediction = tokenizer.decode(g.answer_ids, skip_special_tokens=True)
+            reference = references[first + i]
+            rows.append({
+                "source": ex.source,
+                "reference": reference,
+                "prediction": prediction,
+                "trace": tokenizer.decode(g.trace_ids),
+                "correct": normalize_answer(prediction) == normalize_answer(reference),
+                "thought": len(g.trace_ids) > 0,
+                "trace_length": len(g.trace_ids),
+                "answer_logprob": float(with_trace[i]),
+                "answer_logprob_no_trace": float(without[i]),
+            })
+    n = len(rows)
+    mean = lambda key: sum(float(r[key]) for r in rows) / n
+    summary = {
+        "n": n,
+        "accuracy": mean("correct"),
+        "think_share": mean("thought"),
+        "trace_length_mean": mean("trace_length"),
+        "answer_logprob": mean("answer_logprob"),
+        "answer_logprob_no_trace": mean("answer_logprob_no_trace"),
+    }
+    summary["reasoning_gain"] = summary["answer_logprob"] - summary["answer_logprob_no_trace"]
+    return summary, rows
+
+
+def write_report(path: Path, summary: dict, rows: list[dict], meta: dict) -> None:
+    """JSON report, written to a temporary name and renamed, so a failure leaves nothing half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**meta, "summary": summary, "examples": rows}, indent=1))
+    tmp.replace(path)
