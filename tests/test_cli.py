@@ -135,3 +135,24 @@ def test_existing_run_needs_resume(tiny_model_dir, sums_file, tmp_path, capsys):
     assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out), "trainer.max_steps=1", *SHORT_RUN]) == 2
     assert "--resume" in capsys.readouterr().err
     assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_validation_every_n_steps_logs_accuracy_and_keeps_the_best_model(tiny_model_dir, sums_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
+                 f"data.eval_path={sums_file}", "trainer.eval_steps=2", "trainer.max_steps=4", *SHORT_RUN]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["step"] for r in records if "eval_accuracy" in r]
+    assert evaluated == [0, 2, 4]
+    best_step = json.loads((out / "best" / "trainer_state.json").read_text())["step"]
+    accuracy = {r["step"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}
+    assert best_step == min(s for s in accuracy if accuracy[s] == max(accuracy.values()))
+    assert AutoModelForCausalLM.from_pretrained(out / "best") is not None
+
+
+def test_bad_validation_record_exits_2_before_training(tiny_model_dir, sums_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    validation = bad(tmp_path, [GOOD, b'{"question": 1, "answer": "x"}'])
+    code = main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
+                 f"data.eval_path={validation}", *SHORT_RUN])
+    assert code == 2 and "bad.jsonl:2" in capsys.readouterr().err and not out.exists()

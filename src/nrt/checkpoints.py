@@ -5,6 +5,7 @@
       metrics.jsonl             one record per logged step
       checkpoint-N/             Hugging Face model (safetensors) + tokenizer + config.yaml,
         training_state/         optimizer, scheduler and RNG states (accelerate.save_state)
+      best/                     the model with the best validation accuracy (when data.eval_path is set)
       model.safetensors, ...    the final model, loadable with from_pretrained
 
 A checkpoint is written to `checkpoint-N.tmp` and renamed when complete, so an interrupted
@@ -74,6 +75,19 @@ class RunDirectory:
             for old_step, old in found[:-limit] if limit > 0 else []:
                 if old_step != protected:
                     shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+
+    def save_best(self, model, tokenizer, config, step: int) -> None:
+        """The best model on validation so far, in output_dir/best (replaced atomically)."""
+        best, tmp = self.path / "best", self.path / "best.tmp"
+        if self.is_main and tmp.exists():
+            shutil.rmtree(tmp)
+        self.accelerator.wait_for_everyone()
+        self._save_model(tmp, model, tokenizer, config, step)
+        if self.is_main:
+            if best.exists():
+                shutil.rmtree(best)
+            tmp.rename(best)
         self.accelerator.wait_for_everyone()
 
     def save_final(self, model, tokenizer, config) -> None:

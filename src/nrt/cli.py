@@ -87,19 +87,20 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_examples(config, tokenizer):
-    """Read and validate the whole dataset (before the model is loaded)."""
+def load_examples(config, tokenizer, path=None):
+    """Read and validate a whole dataset (before the model is loaded): (examples, references, skipped)."""
     from nrt.data import DataError, load_qa_records, tokenize_records
 
     d = config.data
     try:
-        records = load_qa_records(d.path, d.question_field, d.answer_field, d.messages_field or None)
+        records = load_qa_records(path or d.path, d.question_field, d.answer_field, d.messages_field or None)
         examples, skipped = tokenize_records(
             records, tokenizer, d.prompt_template, d.max_prompt_length, d.max_answer_length, d.skip_overlong
         )
     except (DataError, ValueError) as e:
         fail(str(e))
-    return examples, skipped
+    kept = {ex.source for ex in examples}
+    return examples, [r.answer for r in records if r.source in kept], skipped
 
 
 def run_train(args) -> None:
@@ -111,7 +112,13 @@ def run_train(args) -> None:
     if args.resume and not has_run:
         fail(f"--output-dir {out}: no checkpoint to resume from")
     tokenizer = load_tokenizer(config.model.model_name_or_path)
-    examples, skipped = load_examples(config, tokenizer)
+    examples, _, skipped = load_examples(config, tokenizer)
+    eval_set = None
+    if config.data.eval_path:
+        from nrt.trainer import EvalSet
+
+        eval_examples, references, _ = load_examples(config, tokenizer, config.data.eval_path)
+        eval_set = EvalSet(eval_examples, references)
     is_main = os.environ.get("RANK", "0") == "0"  # under accelerate launch / torchrun, one process reports
     if is_main:
         print(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
@@ -123,7 +130,7 @@ def run_train(args) -> None:
 
     dtype = getattr(torch, config.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
-    trainer = NRTTrainer(config, model, tokenizer, examples)
+    trainer = NRTTrainer(config, model, tokenizer, examples, eval_set=eval_set)
     trainer.train(resume=args.resume)
     if trainer.stopped_by_collapse:
         if is_main:

@@ -45,6 +45,7 @@ class DataConfig:
     max_prompt_length: int = opt(512, "longest prompt in tokens; longer records are an error (see skip_overlong)")
     max_answer_length: int = opt(512, "longest reference answer in tokens, eos included")
     skip_overlong: bool = opt(False, "skip and count over-long records instead of stopping with an error")
+    eval_path: str | None = opt(None, "validation Q&A data, same formats; evaluated every trainer.eval_steps")
 
 
 @dataclass
@@ -80,6 +81,8 @@ class TrainerConfig:
     save_steps: int = opt(100, "save a checkpoint every N steps")
     save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 keeps all)")
     report_to: Literal["none", "tensorboard"] = opt("none", "also log to tensorboard")
+    eval_steps: int = opt(0, "evaluate data.eval_path every N steps and at step 0 (0: only after the last step)")
+    eval_batch_size: int = opt(32, "questions per evaluation batch")
     on_collapse: Literal["warn", "stop"] = opt(
         "warn", "on policy collapse: warn, or stop keeping the last healthy checkpoint"
     )

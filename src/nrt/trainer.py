@@ -49,6 +49,27 @@ from nrt.tokens import ensure_response_start_token
 
 
 @dataclass
+class EvalSet:
+    """Validation questions and their reference answers (text, for exact match)."""
+
+    examples: list[TokenizedExample]
+    references: list[str]
+
+
+class BestModel:
+    """The best validation accuracy so far and its step; `output_dir/best` holds that model."""
+
+    def __init__(self):
+        self.accuracy, self.step = -1.0, None
+
+    def state_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accuracy, self.step = state["accuracy"], state["step"]
+
+
+@dataclass
 class SFTLoss:
     loss: torch.Tensor
 
@@ -82,8 +103,9 @@ def make_accelerator(bf16: bool) -> Accelerator:
 
 
 class NRTTrainer:
-    def __init__(self, config: Config, model, tokenizer, examples: list[TokenizedExample], accelerator=None):
-        self.config, self.tokenizer, self.examples = config, tokenizer, examples
+    def __init__(self, config: Config, model, tokenizer, examples: list[TokenizedExample], accelerator=None,
+                 eval_set: EvalSet | None = None):
+        self.config, self.tokenizer, self.examples, self.eval_set = config, tokenizer, examples, eval_set
         t = config.trainer
         self.accelerator = accelerator or make_accelerator(t.bf16)
         set_seed(t.seed)
@@ -129,7 +151,8 @@ class NRTTrainer:
         self.initial_no_trace_reward = self.no_trace_rewards() if m.reward_baseline == "initial_no_trace" else None
         self.std_filter = EmaStdFilter(m.std_filter_decay) if m.std_filter_decay > 0 else None
         self.collapse = CollapseDetector(t.collapse_fraction, t.collapse_patience, t.collapse_reference_steps)
-        for stateful in (self.std_filter, self.collapse):
+        self.best = BestModel()
+        for stateful in (self.std_filter, self.collapse, self.best):
             if stateful is not None:
                 self.accelerator.register_for_checkpointing(stateful)
 
@@ -381,6 +404,26 @@ class NRTTrainer:
         }
         return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
 
+    # ------------------------------------------------------------------ validation
+    def evaluate(self) -> dict:
+        """Greedy think-then-answer accuracy on the validation set (every process evaluates the
+        same set, so all agree on the best step); the best model so far goes to output_dir/best."""
+        from nrt.evaluate import EvalConfig, evaluate
+
+        t = self.config.trainer
+        cfg = EvalConfig(max_trace_tokens=t.max_completion_length, max_answer_tokens=self.config.data.max_answer_length,
+                         batch_size=t.eval_batch_size, seed=t.seed)
+        tick = time.perf_counter()
+        with self.accelerator.autocast():
+            summary, _ = evaluate(self.accelerator.unwrap_model(self.model), self.tokenizer, self.eval_set.examples,
+                                  self.eval_set.references, cfg, self.response_start_id)
+        if summary["accuracy"] > self.best.accuracy:
+            self.best.accuracy, self.best.step = summary["accuracy"], self.step
+            self.run_dir.save_best(self.model, self.tokenizer, self.config, self.step)
+        metrics = {f"eval_{k}": float(v) for k, v in summary.items() if k != "n"}
+        metrics["time_eval"] = time.perf_counter() - tick
+        return metrics
+
     # ------------------------------------------------------------------ loop
     def train(self, resume: bool = False) -> None:
         t = self.config.trainer
@@ -390,8 +433,14 @@ class NRTTrainer:
         logger = MetricsLogger(self.run_dir, self.config, self.accelerator, total_steps=self.total_steps,
                                first_step=self.step)
         with logger:
+            if self.eval_set is not None and t.eval_steps > 0 and self.step == 0:
+                logger.log({"step": 0, **self.evaluate()})
             while self.step < self.total_steps:
                 metrics = self.train_step()
+                if self.eval_set is not None and (
+                    self.step == self.total_steps or (t.eval_steps > 0 and self.step % t.eval_steps == 0)
+                ):
+                    metrics.update(self.evaluate())
                 collapse = self.collapse.update(metrics) if "trace_length_mean" in metrics else None
                 if collapse:
                     metrics["collapse_detected"] = 1.0
