@@ -282,6 +282,64 @@ def print_summary(title: str, summary: dict) -> None:
     Console().print(table)
 
 
+# --------------------------------------------------------------------------- compare
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="train several methods x seeds on the same data and report them together")
+    p.add_argument("--model", required=True, help="base model directory")
+    p.add_argument("--data", required=True, help="training Q&A file")
+    p.add_argument("--validation", help="validation Q&A file (selects each run's best model)")
+    p.add_argument("--eval", action="append", default=[], metavar="NAME=FILE", help="an evaluation set (repeatable)")
+    p.add_argument("--bbh", action="append", default=[], metavar="TASK", help="a BBH task to evaluate on (repeatable)")
+    p.add_argument("--bbh-dir", default=None)
+    p.add_argument("--methods", default="nrt,sft", help="comma-separated presets")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--select", choices=["best", "final"], default="best",
+                   help="evaluate the validation-selected model or the final one")
+    p.add_argument("--max-trace-tokens", type=int, default=64)
+    p.set_defaults(func=run_compare, accepts_overrides=True)
+
+
+def run_compare(args) -> None:
+    from nrt.experiments import EvalFile, Experiment, run
+    from nrt.presets import PRESETS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:
+        if method not in PRESETS:
+            import difflib
+
+            hint = difflib.get_close_matches(method, PRESETS, n=1)
+            fail(f"--methods: unknown method {method!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        fail(f"--seeds {args.seeds!r}: expected comma-separated integers")
+    eval_sets = []
+    for item in args.eval:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            fail(f"--eval {item!r}: expected NAME=FILE with an existing file")
+        eval_sets.append(EvalFile(name, path))
+    bbh_dir = Path(args.bbh_dir) if args.bbh_dir else default_bbh_dir()
+    for task in args.bbh:
+        if not (bbh_dir / f"{task}.json").is_file():
+            fail(f"--bbh {task}: no such task in {bbh_dir}")
+        eval_sets.append(EvalFile(f"bbh_{task}", str(bbh_dir / f"{task}.json"), "input", "target"))
+    if not eval_sets:
+        fail("give at least one --eval NAME=FILE or --bbh TASK")
+    for path, flag in ((args.model, "--model"), (args.data, "--data"), (args.validation, "--validation")):
+        if path and not Path(path).exists():
+            fail(f"{flag} {path}: no such file or directory")
+    exp = Experiment(args.model, args.data, Path(args.output_dir), methods, seeds, eval_sets,
+                     validation_data=args.validation, overrides=args.overrides, select=args.select,
+                     max_trace_tokens=args.max_trace_tokens)
+    run(exp)
+    print(f"report: {Path(args.output_dir) / 'report.md'}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -293,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_generate(sub)
     add_eval(sub)
+    add_compare(sub)
     add_demo(sub)
     return parser
 

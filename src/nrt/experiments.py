@@ -1,0 +1,165 @@
+"""Several methods x seeds on the same data and budget, evaluated and reported together.
+
+Used by `nrt compare` and `nrt demo`. Runs go one after another into
+
+    output_dir/runs/<method>/seed<k>/      a normal `nrt train` output directory
+    output_dir/runs/<method>/seed<k>/eval/ one JSON report per evaluation set
+    output_dir/report.md, curves.png, summary.json
+
+and the whole thing is resumable: a finished run (run_info.json) or evaluation (its JSON)
+is skipped, an interrupted run continues from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nrt.report import fmt, markdown_table, mean_std, plot_curves, read_metrics
+
+CURVES = {
+    "reward_mean": "reward (before normalisation)",
+    "reasoning_gain": "reasoning gain (nats)",
+    "eval_accuracy": "validation accuracy",
+    "trace_length_mean": "trace length (tokens)",
+    "trace_entropy": "trace token entropy",
+    "distinct_3": "distinct 3-gram ratio",
+}
+
+
+@dataclass
+class EvalFile:
+    name: str
+    path: str
+    question_field: str = "question"
+    answer_field: str = "answer"
+
+
+@dataclass
+class Experiment:
+    base_model: str
+    train_data: str
+    output_dir: Path
+    methods: list[str]
+    seeds: list[int]
+    eval_sets: list[EvalFile]
+    validation_data: str | None = None
+    overrides: list[str] = field(default_factory=list)  # for every run
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)  # per method
+    select: str = "best"  # evaluate output_dir/best (validation-selected) or the final model
+    include_base: bool = True
+    max_trace_tokens: int = 64
+    max_answer_tokens: int = 16
+
+
+def run_directory(exp: Experiment, method: str, seed: int) -> Path:
+    return Path(exp.output_dir) / "runs" / method / f"seed{seed}"
+
+
+def train(exp: Experiment, method: str, seed: int) -> dict:
+    """Train one (method, seed) unless finished; returns its run_info."""
+    from nrt.cli import COLLAPSE_STOP, main
+
+    directory = run_directory(exp, method, seed)
+    info_path = directory / "run_info.json"
+    if info_path.is_file():
+        return json.loads(info_path.read_text())
+    resume = ["--resume"] if any(directory.glob("checkpoint-*")) else []
+    validation = [f"data.eval_path={exp.validation_data}"] if exp.validation_data else []
+    argv = ["train", "--method", method, "--model", exp.base_model, "--data", exp.train_data,
+            "--output-dir", str(directory), *resume, f"trainer.seed={seed}", *validation,
+            *exp.overrides, *exp.method_overrides.get(method, [])]
+    tick = time.perf_counter()
+    code = main(argv)
+    if code not in (0, COLLAPSE_STOP):
+        raise RuntimeError(f"training {method} seed {seed} failed with exit code {code}")
+    records = read_metrics(directory)
+    collapsed = [r["step"] for r in records if r.get("collapse_detected")]
+    info = {"method": method, "seed": seed, "wall_s": time.perf_counter() - tick,
+            "stopped_by_collapse": code == COLLAPSE_STOP, "collapse_step": collapsed[0] if collapsed else None}
+    info_path.write_text(json.dumps(info))
+    return info
+
+
+def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str, dict]:
+    """Evaluate one model on every evaluation set (cached per set); name -> summary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nrt.data import load_qa_records, tokenize_records
+    from nrt.evaluate import EvalConfig, evaluate, write_report
+    from nrt.tokens import ensure_response_start_token
+
+    results, model, tokenizer = {}, None, None
+    for s in exp.eval_sets:
+        path = out_dir / f"{s.name}.json"
+        if path.is_file():
+            results[s.name] = json.loads(path.read_text())["summary"]
+            continue
+        if model is None:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+            rs = ensure_response_start_token(model, tokenizer)
+        records = load_qa_records(s.path, s.question_field, s.answer_field, messages_field=None)
+        examples, _ = tokenize_records(records, tokenizer, "{question}\n", 10**6, 10**6)
+        cfg = EvalConfig(exp.max_trace_tokens, exp.max_answer_tokens)
+        summary, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
+        write_report(path, summary, rows, {"model": str(model_dir), "data": s.path})
+        results[s.name] = summary
+    return results
+
+
+def run(exp: Experiment, log=print) -> dict:
+    """Train and evaluate everything, then write the report; returns the summary."""
+    summary: dict = {"runs": []}
+    if exp.include_base:
+        log(f"evaluating the base model {exp.base_model}")
+        base = evaluate_model(exp, Path(exp.base_model), Path(exp.output_dir) / "base_eval")
+        summary["base"] = base
+    for method in exp.methods:
+        for seed in exp.seeds:
+            log(f"{method} seed {seed}: training")
+            info = train(exp, method, seed)
+            directory = run_directory(exp, method, seed)
+            model_dir = directory / "best" if exp.select == "best" and (directory / "best").is_dir() else directory
+            log(f"{method} seed {seed}: evaluating {model_dir.name}")
+            info["eval"] = evaluate_model(exp, model_dir, directory / "eval")
+            info["last"] = next((r for r in reversed(read_metrics(directory)) if "loss" in r), {})
+            summary["runs"].append(info)
+    write_report(exp, summary)
+    return summary
+
+
+def write_report(exp: Experiment, summary: dict) -> Path:
+    out = Path(exp.output_dir)
+    names = [s.name for s in exp.eval_sets]
+    header = ["method", *[f"{n} acc %" for n in names], f"gain ({names[0]})", "trace len (final)",
+              "entropy (final)", "collapse", "wall s"]
+    rows = []
+    if "base" in summary:
+        b = summary["base"]
+        rows.append(["base", *[fmt(b[n]["accuracy"], 0.0, percent=True) for n in names],
+                     fmt(b[names[0]]["reasoning_gain"], 0.0), "", "", "", ""])
+    for method in exp.methods:
+        runs = [r for r in summary["runs"] if r["method"] == method]
+        cells = [fmt(*mean_std([r["eval"][n]["accuracy"] for r in runs]), percent=True) for n in names]
+        gain = fmt(*mean_std([r["eval"][names[0]]["reasoning_gain"] for r in runs]))
+        length = fmt(*mean_std([r["last"].get("trace_length_mean", float("nan")) for r in runs]), digits=1)
+        entropy = fmt(*mean_std([r["last"].get("trace_entropy", float("nan")) for r in runs]))
+        collapsed = [r for r in runs if r["collapse_step"] is not None]
+        collapse = f"{len(collapsed)}/{len(runs)}" + (
+            f" (step {', '.join(str(r['collapse_step']) for r in collapsed)})" if collapsed else "")
+        wall = fmt(*mean_std([r["wall_s"] for r in runs]), digits=0)
+        rows.append([method, *cells, gain, length, entropy, collapse, wall])
+    table = markdown_table(header, rows)
+    curves = plot_curves({m: [read_metrics(run_directory(exp, m, s)) for s in exp.seeds] for m in exp.methods},
+                         CURVES, out / "curves.png")
+    seeds = ", ".join(map(str, exp.seeds))
+    text = (f"# Comparison\n\nMethods trained on `{exp.train_data}` from `{exp.base_model}`, seeds {seeds}; "
+            f"accuracy of greedy think-then-answer (exact match), mean ± std over seeds, "
+            f"{'validation-selected' if exp.select == 'best' else 'final'} models.\n\n{table}\n\n"
+            f"![curves]({curves.name})\n")
+    (out / "report.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return out / "report.md"

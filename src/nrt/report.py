@@ -1,0 +1,80 @@
+"""Reports of finished runs: metrics curves as PNG and tables as markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for a single value)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def fmt(mean: float, std: float, percent: bool = False, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    if percent:
+        return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def curve(records_per_seed: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
+    """Mean over seeds of `key` at every step where all seeds that reached it logged it."""
+    by_step: dict[int, list[float]] = {}
+    for records in records_per_seed:
+        for r in records:
+            if key in r and r[key] is not None and not (isinstance(r[key], float) and math.isnan(r[key])):
+                by_step.setdefault(r["step"], []).append(r[key])
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def plot_curves(runs: dict[str, list[list[dict]]], keys: dict[str, str], path: Path, title: str = "") -> Path:
+    """One panel per metric (keys: metric -> panel title), one line per method (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, keys.items()):
+        for method, per_seed in runs.items():
+            steps, values = curve(per_seed, key)
+            if steps:
+                ax.plot(steps, values, label=method, marker="." if len(steps) < 30 else None)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
