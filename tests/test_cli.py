@@ -156,3 +156,14 @@ def test_bad_validation_record_exits_2_before_training(tiny_model_dir, sums_file
     code = main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
                  f"data.eval_path={validation}", *SHORT_RUN])
     assert code == 2 and "bad.jsonl:2" in capsys.readouterr().err and not out.exists()
+
+
+def test_tensorboard_logs_when_asked(tiny_model_dir, sums_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
+                 "trainer.report_to=tensorboard", "trainer.max_steps=1", *SHORT_RUN]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert "reasoning_gain" in events.Tags()["scalars"]

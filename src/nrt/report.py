@@ -70,7 +70,11 @@ def plot_curves(runs: dict[str, list[list[dict]]], keys: dict[str, str], path: P
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    handles = {}
+    for ax in axes.flat:  # one legend for all panels: a method may be missing from some
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
