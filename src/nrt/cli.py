@@ -347,11 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nrt", description="Native Reasoning Training")
     sub = parser.add_subparsers(dest="command", required=True)
     from nrt.demo import add_demo
+    from nrt.gym.cli import register as add_gym
 
     add_train(sub)
     add_generate(sub)
     add_eval(sub)
     add_compare(sub)
+    add_gym(sub)
     add_demo(sub)
     return parser
 
