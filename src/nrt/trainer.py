@@ -145,6 +145,7 @@ class NRTTrainer:
         self.run_dir = RunDirectory(t.output_dir, self.accelerator)
         self.step = 0
         self.stopped_by_collapse: str | None = None
+        self._orders: dict[int, list[int]] = {}
 
         m = config.method
         # RLPR's debiasing needs the *initial* policy's no-trace reward: computed now, before any update
@@ -169,9 +170,17 @@ class NRTTrainer:
         out = []
         for pos in range(first, first + share):
             epoch, index = divmod(pos, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.trainer.seed + epoch))
-            out.append(Question(pos, int(order[index]), self.examples[int(order[index])]))
+            example = self.epoch_order(epoch)[index]
+            out.append(Question(pos, example, self.examples[example]))
         return out
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The seeded permutation of the examples for `epoch` (the two newest are kept)."""
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.config.trainer.seed + epoch)
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = torch.randperm(len(self.examples), generator=generator).tolist()
+        return self._orders[epoch]
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict:
