@@ -16,6 +16,7 @@ KEY_METRICS = {
     "trace_entropy": "H",
     "distinct_3": "d3",
     "loss": "loss",
+    "eval_accuracy": "val_acc",
 }
 
 
