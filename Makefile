@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test results clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/nrt demo
+
+# docs/RESULTS.md: the demo over 3 seeds
+results: $(STAMP)
+	$(VENV)/bin/nrt demo --seeds 0,1,2 --output-dir artifacts/results --results docs/RESULTS.md
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
