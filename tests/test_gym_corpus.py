@@ -62,7 +62,7 @@ def test_think_share_and_answers_follow_their_traces(corpus):
             assert trace.endswith("= " + ans)
             wrong += T.bool_item(q).answer != ans
         elif q.endswith(" ="):  # arithmetic: the trace's last result is the answer
-            assert trace.endswith(f"= {ans}.")
+            assert trace.endswith(f"={ans}.")
             wrong += T.arith_item(q).answer != ans
         else:  # multihop: the last fact's object
             assert trace.rstrip(".").split()[-1] == ans

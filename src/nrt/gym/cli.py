@@ -1,7 +1,7 @@
 """`nrt gym ...` commands: build the reasoning gym's base model, its Q&A splits, and probe it.
 
     nrt gym pretrain [--corpus FILE] [--output-dir DIR] [--steps N] [--seed S] ...
-    nrt gym data --output-dir DIR [--seed S] [--tasks t1,t2]
+    nrt gym data --output-dir DIR [--seed S | --model DIR] [--tasks t1,t2]
     nrt gym probe --model DIR [--splits validation,test] [--limit N]
 
 `register(subparsers)` adds them to the main `nrt` parser; `python -m nrt.gym.cli ...`
@@ -62,7 +62,8 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("data", help="write each task's train/validation/test splits as jsonl")
     p.add_argument("--output-dir", required=True, help="DIR/<task>/<split>.jsonl with fields question, answer")
-    p.add_argument("--seed", type=int, default=0, help="must match the base model's pretraining seed")
+    p.add_argument("--seed", type=int, default=0, help="the base model's pretraining seed (default 0)")
+    p.add_argument("--model", help="take seed and world options from this gym model's gym.json instead")
     p.add_argument("--tasks", type=_tasks, default=T.TASKS)
     p.set_defaults(func=run_data)
 
@@ -71,6 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--splits", default="validation", help="comma separated, from train,validation,test")
     p.add_argument("--tasks", type=_tasks, default=T.TASKS)
     p.add_argument("--limit", type=int, default=200, help="questions per split")
+    p.add_argument("--bbh-dir", help="also probe the BIG-Bench-Hard files of the two BBH-format tasks here")
     p.add_argument("--output", help="also write the report here (json)")
     p.set_defaults(func=run_probe)
 
@@ -88,24 +90,34 @@ def run_pretrain(args) -> None:
         _usage_error(str(e).splitlines()[0])
 
 
-def write_splits(output_dir: str, seed: int = 0, tasks=T.TASKS) -> dict[str, dict[str, int]]:
+def write_splits(output_dir: str, items: dict) -> dict[str, dict[str, int]]:
     """DIR/<task>/<split>.jsonl for the train/validation/test splits; returns the counts."""
     counts = {}
-    for task in tasks:
-        items = T.task_items(task, seed)
+    for task, splits in items.items():
         folder = Path(output_dir) / task
         folder.mkdir(parents=True, exist_ok=True)
         counts[task] = {}
         for split in T.SPLITS:
             with open(folder / f"{split}.jsonl", "w") as f:
-                for it in items[split]:
+                for it in splits[split]:
                     f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
-            counts[task][split] = len(items[split])
+            counts[task][split] = len(splits[split])
     return counts
 
 
 def run_data(args) -> None:
-    for task, c in write_splits(args.output_dir, args.seed, args.tasks).items():
+    from nrt.gym.corpus import Corpus, CorpusConfig
+    from nrt.gym.probe import gym_corpus_of
+
+    if args.model:
+        try:
+            corpus = gym_corpus_of(args.model)
+        except (ValueError, FileNotFoundError) as e:
+            _usage_error(str(e))
+    else:
+        corpus = Corpus(CorpusConfig(seed=args.seed, tasks=args.tasks))
+    items = {t: corpus.items[t] for t in args.tasks if t in corpus.items}
+    for task, c in write_splits(args.output_dir, items).items():
         print(f"{task}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
 
 
@@ -117,7 +129,7 @@ def run_probe(args) -> None:
     splits = tuple(s for s in args.splits.split(",") if s)
     if any(s not in T.SPLITS for s in splits):
         _usage_error(f"--splits: choose from {','.join(T.SPLITS)}")
-    report = probe(args.model, args.tasks, splits, limit=args.limit)
+    report = probe(args.model, args.tasks, splits, limit=args.limit, bbh_dir=args.bbh_dir)
     text = json.dumps(report, indent=1)
     print(text)
     if args.output:

@@ -41,7 +41,7 @@ class PretrainConfig:
     output_dir: str = "artifacts/gym/base"
     corpus: str | None = None  # a user's corpus (.txt: one document per line; .jsonl: "text")
     seed: int = 0
-    steps: int = 3000
+    steps: int = 1100
     batch_tokens: int = 8192  # tokens per batch (batch_tokens // max_length packed rows)
     learning_rate: float = 2e-3
     warmup_steps: int = 100
@@ -80,15 +80,16 @@ def load_text_corpus(path: str) -> list[str]:
     return docs
 
 
-def gym_documents(cfg: PretrainConfig, sample_tokens) -> list[str]:
-    """Enough gym documents for `steps` batches: the mean tokens per document is measured
-    on a sample (after the tokenizer is trained) and padding is allowed for."""
+def gym_documents(cfg: PretrainConfig, sample_tokens):
+    """(documents, tokenizer, corpus config): enough gym documents for `steps` batches; the
+    tokenizer is trained on a first sample, which also measures the tokens per document."""
     corpus = C.Corpus(C.CorpusConfig(seed=cfg.seed, tasks=tuple(cfg.tasks), **cfg.corpus_options))
-    docs = corpus.documents(20000)
+    docs = corpus.documents(min(20000, max(2000, cfg.steps * cfg.batch_tokens // 20)))
     tok = sample_tokens(docs)
-    mean = sum(len(x) for x in tok(docs[:4000], add_special_tokens=False)["input_ids"]) / 4000
+    sample = docs[:4000]
+    mean = sum(len(x) for x in tok(sample, add_special_tokens=False)["input_ids"]) / len(sample)
     need = int(cfg.steps * cfg.batch_tokens / mean * 0.97) + 1
-    return docs + corpus.documents(max(0, need - len(docs))), tok
+    return docs + corpus.documents(max(0, need - len(docs))), tok, asdict(corpus.cfg)
 
 
 def pack_rows(ids: list[list[int]], row_length: int, rng: random.Random, open_rows: int = 8) -> list[list[list[int]]]:
@@ -157,11 +158,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> Path:
     def fit_tokenizer(docs):
         return train_tokenizer(docs[:50000], vocab_size=cfg.vocab_size)
 
+    corpus_config = None
     if cfg.corpus:
         docs = load_text_corpus(cfg.corpus)
         tok = fit_tokenizer(docs)
     else:
-        docs, tok = gym_documents(cfg, fit_tokenizer)
+        docs, tok, corpus_config = gym_documents(cfg, fit_tokenizer)
     ids = []
     for row in tok(docs, add_special_tokens=False)["input_ids"]:
         ids.extend(row[s:s + cfg.max_length] for s in range(0, len(row), cfg.max_length))
@@ -212,7 +214,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> Path:
                                                bos_token_id=None, do_sample=False)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    info = {"config": asdict(cfg), "documents": len(docs), "tokens_seen": seen_tokens,
+    info = {"config": asdict(cfg), "corpus_config": corpus_config, "documents": len(docs), "tokens_seen": seen_tokens,
             "parameters": n_params, "vocab_size": len(tok), "wall_s": round(time.time() - t0, 1),
             "response_start_id": tok.convert_tokens_to_ids(RESPONSE_START), "loss_curve": curve}
     (out / "gym.json").write_text(json.dumps(info, indent=1))

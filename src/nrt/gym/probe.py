@@ -26,47 +26,62 @@ from nrt.gym import world as W
 from nrt.gym.tokenizer import RESPONSE_START
 
 
+def prompt_ids(tok, question: str) -> list[int]:
+    return tok(question + "\n", add_special_tokens=False)["input_ids"]
+
+
 @torch.no_grad()
-def decode(model, tok, questions: list[str], mode: str, max_new_tokens: int = 160,
-           batch_size: int = 64, sample: bool = False) -> list[tuple[str, str | None]]:
-    """(trace, answer) per question; answer None when no `<|response_start|>` was written."""
+def generate_rows(model, tok, prompts: list[list[int]], mode: str, max_new_tokens: int,
+                  batch_size: int = 64, sample: bool = False) -> list[list[int]]:
+    """Generated ids per prompt (eos and what follows cut). mode "think" forbids
+    `<|response_start|>` and eos as the first token; sampling is plain temperature 1."""
     rs, eos = tok.convert_tokens_to_ids(RESPONSE_START), tok.eos_token_id
+    kw = {"do_sample": False}
+    if mode == "think":
+        kw["begin_suppress_tokens"] = [rs, eos]
+    if sample:  # as NRT's rollouts (generate's own default would be top_k=50)
+        kw.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     out = []
-    for s in range(0, len(questions), batch_size):
-        prompts = [tok(q + "\n", add_special_tokens=False)["input_ids"] for q in questions[s:s + batch_size]]
-        if mode == "direct":
-            prompts = [p + [rs] for p in prompts]
-        n = max(map(len, prompts))
-        ids = torch.tensor([[eos] * (n - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])
-        kw = dict(begin_suppress_tokens=[rs, eos]) if mode == "think" else {}
+    for s in range(0, len(prompts), batch_size):
+        batch = prompts[s:s + batch_size]
+        n = max(map(len, batch))
+        ids = torch.tensor([[eos] * (n - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in batch])
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=sample, temperature=1.0 if sample else None, top_p=None, top_k=None,
                              eos_token_id=eos, pad_token_id=eos, **kw)[:, n:].tolist()
-        for row in gen:
-            row = row[: row.index(eos)] if eos in row else row
-            if mode == "direct":
-                out.append(("", tok.decode(row)))
-            elif rs in row:
-                k = row.index(rs)
-                out.append((tok.decode(row[:k]), tok.decode(row[k + 1:])))
-            else:
-                out.append((tok.decode(row), None))
+        out += [row[: row.index(eos)] if eos in row else row for row in gen]
+    return out
+
+
+def decode(model, tok, questions: list[str], mode: str, max_new_tokens: int = 160,
+           sample: bool = False) -> list[tuple[str, str | None]]:
+    """(trace, answer) per question, greedy unless `sample`; mode "direct" appends
+    `<|response_start|>` to the prompt. answer is None when no `<|response_start|>` came."""
+    rs = tok.convert_tokens_to_ids(RESPONSE_START)
+    prompts = [prompt_ids(tok, q) + ([rs] if mode == "direct" else []) for q in questions]
+    out = []
+    for row in generate_rows(model, tok, prompts, mode, max_new_tokens, sample=sample):
+        if mode == "direct":
+            out.append(("", tok.decode(row)))
+        elif rs in row:
+            out.append((tok.decode(row[: row.index(rs)]), tok.decode(row[row.index(rs) + 1:])))
+        else:
+            out.append((tok.decode(row), None))
     return out
 
 
 @torch.no_grad()
-def answer_logprob(model, tok, prompts: list[str], answers: list[str], batch_size: int = 64) -> torch.Tensor:
-    """log p(answer + eos | prompt + <|response_start|>) per pair, answers tokenized alone."""
+def answer_logprob(model, tok, prefixes: list[list[int]], answers: list[str], batch_size: int = 64) -> torch.Tensor:
+    """log p(answer + eos | prefix + <|response_start|>) per pair, in nats; the answer is
+    tokenized on its own and spliced in at the token level, as the trainer does."""
     rs, eos = tok.convert_tokens_to_ids(RESPONSE_START), tok.eos_token_id
     res = []
-    for s in range(0, len(prompts), batch_size):
+    for s in range(0, len(prefixes), batch_size):
         rows, spans = [], []
-        for p, a in zip(prompts[s:s + batch_size], answers[s:s + batch_size]):
-            p_ids = tok(p, add_special_tokens=False)["input_ids"] + [rs]
+        for p, a in zip(prefixes[s:s + batch_size], answers[s:s + batch_size]):
             a_ids = tok(a, add_special_tokens=False)["input_ids"] + [eos]
-            rows.append(p_ids + a_ids)
-            spans.append((len(p_ids), len(a_ids)))
+            rows.append(p + [rs] + a_ids)
+            spans.append((len(p) + 1, len(a_ids)))
         n = max(map(len, rows))
         ids = torch.tensor([r + [eos] * (n - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])
@@ -79,21 +94,25 @@ def answer_logprob(model, tok, prompts: list[str], answers: list[str], batch_siz
 
 @torch.no_grad()
 def think_share_t1(model, tok, questions: list[str]) -> float:
+    """Mean probability that a temperature-1 sample starts with a trace token."""
     rs = tok.convert_tokens_to_ids(RESPONSE_START)
-    p = [tok(q + "\n", add_special_tokens=False)["input_ids"] for q in questions]
     shares = []
-    for ids in p:
-        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    for q in questions:
+        logits = model(input_ids=torch.tensor([prompt_ids(tok, q)])).logits[0, -1].float()
         shares.append(1 - logits.softmax(-1)[rs].item())
     return sum(shares) / len(shares)
 
 
 def reasoning_gain(model, tok, items: list[T.Item], k: int = 4, max_new_tokens: int = 160) -> float:
-    qs = [i.question for i in items for _ in range(k)]
-    traces = [t for t, _ in decode(model, tok, qs, "free", max_new_tokens, sample=True)]
+    """Mean log p(ref | q, sampled trace) - log p(ref | q, no trace) over K free samples per
+    question (a sample that answers at once has gain 0); the trace ids are kept as sampled."""
+    rs = tok.convert_tokens_to_ids(RESPONSE_START)
+    prompts = [prompt_ids(tok, i.question) for i in items]
+    rows = generate_rows(model, tok, [p for p in prompts for _ in range(k)], "free", max_new_tokens, sample=True)
+    traces = [row[: row.index(rs)] if rs in row else row for row in rows]
     refs = [i.answer for i in items for _ in range(k)]
-    with_trace = answer_logprob(model, tok, [q + "\n" + t for q, t in zip(qs, traces)], refs)
-    direct = answer_logprob(model, tok, [i.question + "\n" for i in items], [i.answer for i in items])
+    with_trace = answer_logprob(model, tok, [p + t for p, t in zip([p for p in prompts for _ in range(k)], traces)], refs)
+    direct = answer_logprob(model, tok, prompts, [i.answer for i in items])
     return (with_trace - direct.repeat_interleave(k)).mean().item()
 
 
@@ -125,28 +144,46 @@ def one_hop_accuracy(model, tok, world: W.World) -> float:
     return sum(a == ans for (_, a), (_, _, ans) in zip(got, triples)) / len(triples)
 
 
-def probe(model_dir: str, tasks=T.TASKS, splits=("validation",), seed: int = 0,
-          limit: int = 200, gain_questions: int = 32) -> dict:
-    """Probe a saved gym model on the named splits (plus the corpus-only pool, for contrast)."""
+def gym_corpus_of(model_dir: str):
+    """The gym Corpus (world, splits) a model was pretrained with, from its gym.json."""
+    from nrt.gym.corpus import Corpus, CorpusConfig
+
+    path = Path(model_dir) / "gym.json"
+    if not path.exists():
+        raise ValueError(f"{model_dir}: no gym.json; not a model written by `nrt gym pretrain`")
+    info = json.loads(path.read_text())
+    if info["config"].get("corpus"):
+        raise ValueError(f"{model_dir} was pretrained on a user corpus, not the gym's")
+    fields = dict(info["corpus_config"])
+    fields["tasks"], fields["groups"] = tuple(fields["tasks"]), tuple(fields["groups"])
+    return Corpus(CorpusConfig(**fields))
+
+
+def bbh_items(bbh_dir: str, task: str) -> list[T.Item]:
+    """The BIG-Bench-Hard items of a gym task, for evaluation only (never for choices)."""
+    examples = json.loads((Path(bbh_dir) / f"{task}.json").read_text())["examples"]
+    return [T.Item(e["input"], e["target"], "") for e in examples]
+
+
+def probe(model_dir: str, tasks=T.TASKS, splits=("validation",), limit: int = 200,
+          gain_questions: int = 32, bbh_dir: str | None = None) -> dict:
+    """Probe a saved gym model on the named splits, and on the corpus-only pool for contrast
+    (those questions were seen in pretraining); with `bbh_dir`, on the BBH files too."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    info_path = Path(model_dir) / "gym.json"
-    if info_path.exists():
-        cfg = json.loads(info_path.read_text())["config"]
-        seed = cfg.get("seed", seed)
-        tasks = [t for t in tasks if t in cfg.get("tasks", tasks)]
+    corpus = gym_corpus_of(model_dir)
     report = {}
-    for task in tasks:
-        world = W.make_world(seed) if task == "multihop" else None
-        items = T.task_items(task, seed, world=world, pretrain_size=limit)
-        max_new = 48 if task == "multihop" else 200
+    for task in [t for t in tasks if t in corpus.items]:
+        world = corpus.world if task == "multihop" else None
         rep = {}
         for split in tuple(splits) + ("pretrain",):
-            sub = items[split][:limit]
-            rep[split] = probe_items(model, tok, sub, world, max_new, gain_questions)
+            sub = random.Random(0).sample(corpus.items[task][split], min(limit, len(corpus.items[task][split])))
+            rep[split] = probe_items(model, tok, sub, world, 48 if world else 200, gain_questions)
         if world is not None:
             rep["one_hop_direct_acc"] = round(one_hop_accuracy(model, tok, world), 4)
+        elif bbh_dir:
+            rep["bbh"] = probe_items(model, tok, bbh_items(bbh_dir, task), None, 200, gain_questions)
         report[task] = rep
     return report

@@ -14,8 +14,8 @@ used to write pretraining documents (corpus.py).
     `and`/`or` of two constants), e.g. "= not True and True = False and True = False".
   * arithmetic: "((a o b o c o d) o (e o f o g o h)) =" with a..h in -9..9 and o in
     {+, -, *}; target the Python integer value. Trace: each group restated and reduced one
-    binary operation at a time (`*` first, then left to right), then the outer operation:
-    "-1 + 2 + 9 * 5 = -1 + 2 + 45 = 1 + 45 = 46. ... 46 - 22 = 24."
+    binary operation at a time (`*` first, then left to right), then the outer operation,
+    written without spaces to halve its length: "-1+2+9*5=-1+2+45=1+45=46. ... 46-22=24."
 - `multihop`: composed questions over the world of world.py (answer: a name).
 
 Every split is disjoint from the others and from the `pretrain` pool that only the corpus
@@ -220,11 +220,24 @@ def random_bool_expression(rng: random.Random, n_tokens: int = 8) -> str:
 # --------------------------------------------------------------------------- arithmetic
 
 
+ERRORS = (-10, -2, -1, 1, 2, 10)  # what a wrong arithmetic step adds to the right value
+
+
 def _fmt(tokens: list) -> str:
     return " ".join(str(x) for x in tokens)
 
 
-def _apply(a: int, op: str, b: int) -> int:
+def compact(tokens: list) -> str:
+    """A trace state without spaces ("-1+2+45"): half the tokens of the question's form."""
+    return "".join(str(x) for x in tokens)
+
+
+def op_text(a: int, op: str, b: int, value: int) -> str:
+    """One operation as traces and elementary documents write it: "46-22=24"."""
+    return f"{a}{op}{b}={value}"
+
+
+def apply_op(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
@@ -239,9 +252,9 @@ def group_steps(tokens: list, error_at: int | None = None, rng: random.Random | 
         j = 2 * ops.index("*") + 1 if "*" in ops else 1
         if operations is not None:
             operations.append((tokens[j - 1], tokens[j], tokens[j + 1]))
-        v = _apply(tokens[j - 1], tokens[j], tokens[j + 1])
+        v = apply_op(tokens[j - 1], tokens[j], tokens[j + 1])
         if i == error_at:
-            v += (rng or random).choice([-10, -2, -1, 1, 2, 10])
+            v += (rng or random.Random(0)).choice(ERRORS)
         tokens = tokens[: j - 1] + [v] + tokens[j + 2:]
         states.append(tokens)
         i += 1
@@ -273,12 +286,12 @@ def arith_trace(expr: str, error_at: int | None = None, rng: random.Random | Non
         e = None if error_at is None else error_at - k
         states = group_steps(group, e, rng)
         k += len(states)
-        parts.append(" = ".join(_fmt(s) for s in [group] + states) + ".")
+        parts.append("=".join(compact(s) for s in [group] + states) + ".")
         values.append(states[-1][0] if states else group[0])
-    v = _apply(values[0], op, values[1])
+    v = apply_op(values[0], op, values[1])
     if error_at == k:
-        v += (rng or random).choice([-10, -2, -1, 1, 2, 10])
-    parts.append(f"{values[0]} {op} {values[1]} = {v}.")
+        v += (rng or random.Random(0)).choice(ERRORS)
+    parts.append(op_text(values[0], op, values[1], v) + ".")
     return " ".join(parts), v
 
 
@@ -288,10 +301,6 @@ def arith_operations(expr: str) -> list[tuple[int, str, int]]:
     out: list = []
     values = [(group_steps(g, operations=out) or [g])[-1][0] for g in (left, right)]
     return out + [(values[0], op, values[1])]
-
-
-def apply_op(a: int, op: str, b: int) -> int:
-    return _apply(a, op, b)
 
 
 def arith_item(expr: str) -> Item:

@@ -22,14 +22,13 @@ from __future__ import annotations
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 RESPONSE_START = "<|response_start|>"
 SPECIAL_TOKENS = (EOS, RESPONSE_START)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2):
     """Train the BPE on `texts` (documents may contain the special tokens verbatim)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -57,7 +56,10 @@ def _without_specials(texts: Iterable[str]):
         yield t
 
 
-def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+def wrap(tok: Tokenizer):
+    """The transformers fast tokenizer around `tok` (saved with `save_pretrained`)."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,

@@ -33,6 +33,7 @@ CITIES = (
 PERSON_RELATIONS = ("mother", "father")
 RELATIONS = PERSON_RELATIONS + ("city",)
 GROUPS = ("pretrain", "train", "validation", "test")
+DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.2)
 
 
 @dataclass
@@ -57,7 +58,7 @@ def make_world(
     seed: int = 0,
     n_people: int = 240,
     n_cities: int = 24,
-    fractions: tuple[float, float, float, float] = (0.4, 0.3, 0.1, 0.2),
+    fractions: tuple[float, float, float, float] = DEFAULT_FRACTIONS,
     composed: tuple[tuple[str, str], ...] | None = None,
 ) -> World:
     """Draw names, facts and person groups (fractions for pretrain/train/validation/test).
