@@ -27,8 +27,8 @@ COMMON = [  # both methods
     "trainer.bf16=true", "trainer.save_steps=1000", "trainer.eval_batch_size=144", "data.max_answer_length=16",
 ]
 METHODS = {
-    "sft": ["trainer.max_steps=60", "trainer.eval_steps=10", "trainer.per_device_train_batch_size=64"],
-    "nrt": ["trainer.max_steps=40", "trainer.eval_steps=10", "trainer.num_generations=8",
+    "sft": ["trainer.max_steps=40", "trainer.eval_steps=10", "trainer.per_device_train_batch_size=64"],
+    "nrt": ["trainer.max_steps=50", "trainer.eval_steps=10", "trainer.num_generations=8",
             "trainer.per_device_train_batch_size=128"],
 }
 BBH_TASKS = ("boolean_expressions", "multistep_arithmetic_two")
