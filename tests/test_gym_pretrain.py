@@ -1,6 +1,7 @@
 """Gym pretraining (tiny runs), packing, the probe's decoding modes, and the gym CLI."""
 
 import json
+import math
 import random
 
 import pytest
@@ -63,6 +64,10 @@ def test_tiny_gym_pretrain_saves_a_model_that_reloads(tiny_gym):
     assert info["response_start_id"] == tok.convert_tokens_to_ids(RESPONSE_START)
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     assert len(info["loss_curve"]) == 3
+    # the premise check runs before any RL: one gain per task, on that task's training questions
+    assert list(info["reasoning_gain_train"]) == ["multihop"]
+    gain = info["reasoning_gain_train"]["multihop"]
+    assert math.isfinite(gain["mean"]) and gain["stderr"] > 0 and gain["samples"] % 4 == 0
 
 
 def test_same_seed_same_model(tiny_gym, tmp_path):
@@ -70,6 +75,8 @@ def test_same_seed_same_model(tiny_gym, tmp_path):
     a = AutoModelForCausalLM.from_pretrained(tiny_gym).state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    gain = [json.loads((d / "gym.json").read_text())["reasoning_gain_train"] for d in (tiny_gym, tmp_path)]
+    assert gain[0] == gain[1]
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
@@ -82,6 +89,7 @@ def test_pretrain_on_a_user_corpus(tmp_path, suffix):
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.decode(tok(lines[3])["input_ids"]) == lines[3]
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == len(tok)
+    assert "reasoning_gain_train" not in json.loads((out / "gym.json").read_text())  # no Q&A to measure it on
 
 
 def test_probe_modes_direct_and_forced_think(tiny_gym):

@@ -3,15 +3,15 @@
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
 
+from nrt.cli import default_bbh_dir
 from nrt.gym import tasks as T
 from nrt.gym import world as W
 from nrt.gym.bbh_hashes import BBH_HASHES, fingerprint
 
-BBH = Path("/work/shared/data/bbh")
+BBH = default_bbh_dir()
 ARITH = re.compile(r"\(\((-?\d(?: [-+*] -?\d){3})\) [-+*] \((-?\d(?: [-+*] -?\d){3})\)\) =")
 
 

@@ -217,6 +217,34 @@ def pretrain(cfg: PretrainConfig, log=print) -> Path:
     info = {"config": asdict(cfg), "corpus_config": corpus_config, "documents": len(docs), "tokens_seen": seen_tokens,
             "parameters": n_params, "vocab_size": len(tok), "wall_s": round(time.time() - t0, 1),
             "response_start_id": tok.convert_tokens_to_ids(RESPONSE_START), "loss_curve": curve}
+    if corpus_config is not None:
+        info["reasoning_gain_train"] = train_reasoning_gain(model, tok, corpus_config, cfg.seed, log)
     (out / "gym.json").write_text(json.dumps(info, indent=1))
     log(f"saved {out} ({info['wall_s']}s)")
     return out
+
+
+def train_reasoning_gain(model, tok, corpus_config: dict, seed: int, log=print, questions: int = 512) -> dict:
+    """NRT's premise, checked before any RL run: per task, the mean reasoning gain (answer
+    log-likelihood after a sampled trace minus without one, nats; `nrt.gym.probe.reasoning_gain`,
+    K=4 traces per question) over the task's *training* questions (at most `questions`), with
+    its standard error: the per-trace gains are heavy-tailed (a wrong trace costs many nats),
+    so a few dozen questions do not fix the sign. NRT needs it positive (GYM_NOTES 3)."""
+    from nrt.gym.probe import reasoning_gains
+
+    fields = dict(corpus_config, tasks=tuple(corpus_config["tasks"]), groups=tuple(corpus_config["groups"]))
+    items = C.Corpus(C.CorpusConfig(**fields)).items
+    model.eval()
+    torch.manual_seed(seed)
+    report = {}
+    with torch.no_grad():
+        for task in fields["tasks"]:
+            train = items[task]["train"]
+            sample = random.Random(seed).sample(train, min(questions, len(train)))
+            gains = reasoning_gains(model, tok, sample, max_new_tokens=48 if task == "multihop" else 200).double()
+            mean, stderr = gains.mean().item(), (gains.std() / len(gains) ** 0.5).item()
+            report[task] = {"mean": round(mean, 4), "stderr": round(stderr, 4), "samples": len(gains)}
+            verdict = "premise holds" if mean > 0 else "NOT positive: NRT is likely to collapse on this task"
+            log(f"reasoning gain on {task} training questions: {mean:+.3f} ± {stderr:.3f} nats "
+                f"({len(sample)} questions x 4 traces; {verdict})")
+    return report

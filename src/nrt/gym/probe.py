@@ -106,6 +106,11 @@ def think_share_t1(model, tok, questions: list[str]) -> float:
 def reasoning_gain(model, tok, items: list[T.Item], k: int = 4, max_new_tokens: int = 160) -> float:
     """Mean log p(ref | q, sampled trace) - log p(ref | q, no trace) over K free samples per
     question (a sample that answers at once has gain 0); the trace ids are kept as sampled."""
+    return reasoning_gains(model, tok, items, k, max_new_tokens).mean().item()
+
+
+def reasoning_gains(model, tok, items: list[T.Item], k: int = 4, max_new_tokens: int = 160) -> torch.Tensor:
+    """The per-sample gains [len(items) * K] behind `reasoning_gain`."""
     rs = tok.convert_tokens_to_ids(RESPONSE_START)
     prompts = [prompt_ids(tok, i.question) for i in items]
     rows = generate_rows(model, tok, [p for p in prompts for _ in range(k)], "free", max_new_tokens, sample=True)
@@ -113,7 +118,7 @@ def reasoning_gain(model, tok, items: list[T.Item], k: int = 4, max_new_tokens: 
     refs = [i.answer for i in items for _ in range(k)]
     with_trace = answer_logprob(model, tok, [p + t for p, t in zip([p for p in prompts for _ in range(k)], traces)], refs)
     direct = answer_logprob(model, tok, prompts, [i.answer for i in items])
-    return (with_trace - direct.repeat_interleave(k)).mean().item()
+    return with_trace - direct.repeat_interleave(k)
 
 
 def probe_items(model, tok, items: list[T.Item], world: W.World | None = None,

@@ -33,7 +33,7 @@ CITIES = (
 PERSON_RELATIONS = ("mother", "father")
 RELATIONS = PERSON_RELATIONS + ("city",)
 GROUPS = ("pretrain", "train", "validation", "test")
-DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.2)
+DEFAULT_FRACTIONS = (0.4, 0.3, 0.1, 0.2)
 
 
 @dataclass
