@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test results clean
+.PHONY: demo test results methods bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ demo: $(STAMP)
 # docs/RESULTS.md: the demo over 3 seeds
 results: $(STAMP)
 	$(VENV)/bin/nrt demo --seeds 0,1,2 --output-dir artifacts/results --results docs/RESULTS.md
+
+# docs/METHODS.md: every preset over 3 seeds, in a healthy and a collapse-prone gym setting
+methods: $(STAMP)
+	$(VENV)/bin/python scripts/methods.py --seeds 0,1,2
+
+# docs/PERFORMANCE.md: nrt against TRL's GRPOTrainer on the same work (installs trl)
+bench: $(STAMP)
+	$(VENV)/bin/pip install --quiet -e ".[bench]"
+	$(VENV)/bin/python benchmarks/compare_trl.py --rounds 3 --steps 3 --warmup 1 -- \
+		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -15,7 +15,9 @@ import os
 import statistics
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see docs/PERFORMANCE.md
+
+import torch  # noqa: E402
 
 
 def rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:

@@ -6,7 +6,10 @@
 import argparse
 import sys
 
-import torch
+import os
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see docs/PERFORMANCE.md
+
+import torch  # noqa: E402
 
 from nrt.bench import add_arguments, bf16_supported, build_trainer
 
@@ -16,6 +19,7 @@ def main(argv=None):
     add_arguments(p)
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--phase", choices=["step", "generate", "update"], default="step")
+    p.add_argument("--shapes", action="store_true", help="group by input shapes")
     args = p.parse_args(argv)
     if args.dtype == "auto":
         args.dtype = "bfloat16" if bf16_supported() else "float32"
@@ -24,13 +28,23 @@ def main(argv=None):
     trainer, _, _ = build_trainer(args)
     for _ in range(args.warmup):
         trainer.train_step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         if args.phase == "step":
             m = trainer.train_step()
             print({k: round(v, 3) for k, v in m.items() if k.startswith("time_")}, file=sys.stderr)
         elif args.phase == "generate":
             trainer.sample(trainer.micro_batches(trainer.step)[0])
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    if args.phase == "update":
+        chunk = trainer.micro_batches(trainer.step)[0]
+        rollout = trainer.sample(chunk)
+        baseline = trainer.no_trace_logprobs(chunk)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
+            out, _ = trainer.micro_batch_loss(rollout, chunk, baseline, None)
+            trainer.accelerator.backward(out.loss)
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+    print(prof.key_averages(group_by_input_shape=args.shapes).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=50, max_shapes_column_width=70))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ import os
 import statistics
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see docs/PERFORMANCE.md
+
+import torch  # noqa: E402
 
 from nrt.bench import bench_model, synthetic_examples
 from nrt.sampling import sample_traces
@@ -29,7 +31,7 @@ def main(argv=None):
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--variants", nargs="+", default=["dynamic", "preallocated"])
+    p.add_argument("--variants", nargs="+", default=["all", "preallocated", "dynamic", "no_optimisations"])
     args = p.parse_args(argv)
     model = bench_model(args.vocab, args.hidden, args.layers, 0).eval()
     prompts = [ex.prompt_ids for ex in synthetic_examples(args.prompts, args.prompt_tokens, 4, args.vocab, 0)]
@@ -38,17 +40,25 @@ def main(argv=None):
     kwargs = dict(num_generations=args.generations, max_new_tokens=args.think, stop_token_ids=[1, 2],
                   pad_token_id=0, seeds=list(range(args.prompts)), min_new_tokens=args.think)
     variants = {
-        "dynamic": dict(preallocate_cache=False),
-        "preallocated": dict(preallocate_cache=True),
+        "all": dict(),
+        "dynamic": dict(preallocate_cache=False, share_prompt_cache=False),
+        "preallocated": dict(share_prompt_cache=False),
+        "bf16_attention": dict(attention_in_float32=False),
+        "no_optimisations": dict(preallocate_cache=False, share_prompt_cache=False, attention_in_float32=False),
+        "one_thread": dict(),  # all optimisations, decoding on 1 thread
     }
     times = {v: [] for v in args.variants}
     traces = {}
     for r in range(args.repeats + 1):
         for v in args.variants:
+            threads = torch.get_num_threads()
+            if v == "one_thread":
+                torch.set_num_threads(1)
             with autocast:
                 tick = time.perf_counter()
                 traces[v] = sample_traces(model, prompts, **kwargs, **variants[v])
                 elapsed = time.perf_counter() - tick
+            torch.set_num_threads(threads)
             if r:
                 times[v].append(elapsed)
     same = all(traces[v] == traces[args.variants[0]] for v in args.variants)

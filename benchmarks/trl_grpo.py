@@ -30,10 +30,16 @@ import sys
 import tempfile
 import time
 
-import torch
+from nrt.cpu_runtime import keep_freed_memory, prefer_sleeping_threads  # noqa: E402
 
-from nrt.bench import (bench_model, bf16_supported, matmul_rate, peak_rss_mb, rss_mb, synthetic_examples,
-                       synthetic_tokenizer)
+prefer_sleeping_threads()  # as nrt bench: the same OpenMP and malloc settings on both sides
+keep_freed_memory()
+
+import torch  # noqa: E402
+
+from nrt.bench import (  # noqa: E402
+    bench_model, bf16_supported, matmul_rate, peak_rss_mb, rss_mb, synthetic_examples, synthetic_tokenizer,
+)
 
 
 def main(argv=None) -> dict:
@@ -53,6 +59,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; off is faster")
     p.add_argument("--cache-implementation", default=None, help="TRL/transformers generation cache (None: dynamic)")
+    p.add_argument("--continuous-batching", action="store_true",
+                   help="TRL's use_transformers_continuous_batching (casts the model to bf16 for good)")
     args = p.parse_args(argv)
     if args.dtype == "auto":
         args.dtype = "bfloat16" if bf16_supported() else "float32"
@@ -134,11 +142,12 @@ def main(argv=None) -> dict:
             max_steps=args.warmup + args.steps, logging_steps=10**9, save_strategy="no", report_to="none",
             dataloader_num_workers=0, disable_tqdm=True, log_completions=False, shuffle_dataset=False,
             gradient_checkpointing=args.gradient_checkpointing,
+            use_transformers_continuous_batching=args.continuous_batching,
         )
         trainer = GRPOTrainer(model=model, reward_funcs=[answer_loglik], args=config, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[Timer()])
         holder["trainer"] = trainer
-        generate = trainer._generate_single_turn
+        generate = trainer._generate_single_turn  # both generation paths (generate / generate_batch) run inside
 
         def timed_generate(*a, **kw):
             tick = time.perf_counter()

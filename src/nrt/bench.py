@@ -16,11 +16,13 @@ limit, so every trace has exactly `--think` tokens (TRL's `min_new_tokens`), and
 implementations compared on it do identical work.
 
 FLOP accounting (docs/PERFORMANCE.md): N = parameters of all matmuls, lm_head included
-(embedding lookups and norms excluded), sampled tokens S = traces x `--think`, trained
-tokens T = the real (unpadded) tokens of every update sequence
-[prompt][trace][<|response_start|>][answer][eos]. Floor = (2 N S + 6 N T) / matmul rate.
-Attention-score FLOPs are left out (small at these lengths); so is the no-trace baseline
-forward (2 N per token of Q short rows) and the prompt prefill; both are reported.
+(embedding lookups and norms excluded); sampled tokens S = the trace tokens decoded; trained
+tokens T = the tokens the update's forward-backward processes: every completion
+[trace][<|response_start|>][answer][eos] plus each question's prompt once (the K traces of a
+group share one prompt forward, `nrt.sequences`); forward-only tokens F = the prompt prefill
+before sampling and the no-trace baseline rows. Floor = (2 N S + 6 N T + 2 N F) / the matmul
+rate measured in the same run (an n=2048 square matmul in the dtype used). Attention-score
+FLOPs are left out (small at these lengths).
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ import resource
 import statistics
 import time
 
-import torch
+from nrt.cpu_runtime import keep_freed_memory, prefer_sleeping_threads
 
-from nrt.config import Config
-from nrt.data import TokenizedExample
-from nrt.trainer import NRTTrainer
+prefer_sleeping_threads()  # before torch loads OpenMP (only effective when nothing imported torch yet)
+
+# torch, transformers and the trainer are imported inside the functions: `nrt --help` stays fast.
 
 SPECIALS = ["<|pad|>", "<|endoftext|>", "<|response_start|>"]
 
@@ -61,8 +63,12 @@ def synthetic_tokenizer(vocab_size: int):
 
 
 def synthetic_examples(n: int, prompt_tokens: int, answer_tokens: int, vocab_size: int, seed: int,
-                       eos_id: int = 1) -> list[TokenizedExample]:
-    """n questions of `prompt_tokens` random words; answers of `answer_tokens` tokens, the eos included."""
+                       eos_id: int = 1) -> list:
+    """n TokenizedExamples: `prompt_tokens` random words; answers of `answer_tokens` tokens, the eos included."""
+    import torch
+
+    from nrt.data import TokenizedExample
+
     g = torch.Generator().manual_seed(seed)
     first = len(SPECIALS)
     prompts = torch.randint(first, vocab_size, (n, prompt_tokens), generator=g).tolist()
@@ -72,6 +78,7 @@ def synthetic_examples(n: int, prompt_tokens: int, answer_tokens: int, vocab_siz
 
 def bench_model(vocab_size: int, hidden: int, layers: int, seed: int, max_positions: int = 2048):
     """A random Llama: head size 64, MLP 4 x hidden, tied embeddings (Llama-3.2-1B's proportions)."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     heads = max(1, hidden // 64)
@@ -86,6 +93,8 @@ def bench_model(vocab_size: int, hidden: int, layers: int, seed: int, max_positi
 
 def bf16_supported() -> bool:
     """True where bfloat16 matmuls are native: a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:
@@ -94,7 +103,12 @@ def bf16_supported() -> bool:
         return False
 
 
-def bench_config(args) -> Config:
+def bench_config(args):
+    from nrt.config import Config
+
+    if args.micro_prompts and args.prompts % args.micro_prompts:
+        raise ValueError(f"--prompts {args.prompts} is not a multiple of --micro-prompts {args.micro_prompts}")
+
     config = Config()
     t = config.trainer
     t.output_dir = os.devnull  # the bench never saves
@@ -110,23 +124,26 @@ def bench_config(args) -> Config:
     return config
 
 
-class FixedLengthTrainer(NRTTrainer):
-    """The NRT trainer with every trace running to the trace limit (no early stop), for benchmarks.
+@functools.cache
+def fixed_length_trainer_class():
+    """NRTTrainer with every trace running to the trace limit (no early stop), for benchmarks.
 
     The trainer's own `sample` runs unchanged; only its call of `sample_traces` gets
     `min_new_tokens` equal to the trace limit.
     """
+    import nrt.trainer as trainer_module
 
-    def sample(self, chunk):
-        import nrt.trainer as trainer_module
+    class FixedLengthTrainer(trainer_module.NRTTrainer):
+        def sample(self, chunk):
+            original = trainer_module.sample_traces
+            trainer_module.sample_traces = functools.partial(
+                original, min_new_tokens=self.config.trainer.max_completion_length)
+            try:
+                return super().sample(chunk)
+            finally:
+                trainer_module.sample_traces = original
 
-        original = trainer_module.sample_traces
-        trainer_module.sample_traces = functools.partial(
-            original, min_new_tokens=self.config.trainer.max_completion_length)
-        try:
-            return super().sample(chunk)
-        finally:
-            trainer_module.sample_traces = original
+    return FixedLengthTrainer
 
 
 def build_trainer(args):
@@ -135,21 +152,27 @@ def build_trainer(args):
     n = args.prompts * max(1, min(args.warmup + args.steps, 64))
     examples = synthetic_examples(n, args.prompt_tokens, args.answer_tokens, args.vocab, args.seed,
                                   tokenizer.eos_token_id)
+    from nrt.trainer import NRTTrainer
+
     model = bench_model(args.vocab, args.hidden, args.layers, args.seed)
-    cls = FixedLengthTrainer if args.fixed_length else NRTTrainer
+    cls = fixed_length_trainer_class() if args.fixed_length else NRTTrainer
     return cls(bench_config(args), model, tokenizer, examples), tokenizer, examples
 
 
 # --------------------------------------------------------------------------- counting
 def parameter_counts(model) -> dict:
+    import torch
+
     total = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
     matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     return {"params_total": total, "params_non_embedding": total - embedding, "params_matmul": matmul}
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of an n x n matmul in `dtype` on this process's threads (median of repeats)."""
+def matmul_rate(dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n matmul in `dtype` (a torch dtype) on this process's threads (median of repeats)."""
+    import torch
+
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     times = []
@@ -170,16 +193,38 @@ def peak_rss_mb() -> float:
 
 
 # --------------------------------------------------------------------------- the run
+def step_work(trainer, questions, trace_length_mean: float) -> dict:
+    """Tokens of one step's work on this process (see the module docstring)."""
+    from nrt.sequences import _full_attention_only
+
+    k = trainer.k
+    prompts = [len(q.example.prompt_ids) for q in questions]
+    answers = [len(q.example.answer_ids) for q in questions]
+    sampled = trace_length_mean * k * len(questions)
+    completions = sampled + k * sum(a + 1 for a in answers)  # trace, <|response_start|>, answer
+    shared = _full_attention_only(trainer.model)  # completion_logprobs runs a group's prompt once
+    return {
+        "sampled_tokens": sampled,
+        "prefill_tokens": sum(prompts),
+        "trained_tokens": completions + (sum(prompts) if shared else k * sum(prompts)),
+        "trained_tokens_unshared": completions + k * sum(prompts),
+        "baseline_tokens": sum(p + 1 + a for p, a in zip(prompts, answers)),
+    }
+
+
 def run_bench(args) -> dict:
+    import torch
+
+    keep_freed_memory()
     if args.dtype == "auto":
         args.dtype = "bfloat16" if bf16_supported() else "float32"
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer, _, examples = build_trainer(args)
+    trainer, _, _ = build_trainer(args)
     counts = parameter_counts(trainer.accelerator.unwrap_model(trainer.model))
 
-    step_times, phases, rss, sampled, trained = [], {"generate": [], "score": [], "update": []}, [], [], []
+    step_times, phases, rss, work = [], {"generate": [], "score": [], "update": []}, [], []
     peak_after_warmup = None
     for step in range(args.warmup + args.steps):
         questions = trainer.step_questions(trainer.step)
@@ -194,19 +239,18 @@ def run_bench(args) -> dict:
         for name in phases:
             phases[name].append(metrics[f"time_{name}"])
         rss.append(rss_mb())
-        traces = len(questions) * trainer.k * trainer.accelerator.num_processes
-        sampled.append(metrics["trace_length_mean"] * traces)
-        trained.append(sum(
-            trainer.k * (len(q.example.prompt_ids) + len(q.example.answer_ids) + 1) for q in questions
-        ) * trainer.accelerator.num_processes + metrics["trace_length_mean"] * traces)
+        work.append(step_work(trainer, questions, metrics["trace_length_mean"]))
 
-    dtype = getattr(torch, args.dtype)
-    rate = matmul_rate(dtype) * 1e9
+    procs = trainer.accelerator.num_processes
+    tokens = {key: statistics.median(w[key] for w in work) * procs for key in work[0]}
+    rate = matmul_rate(getattr(torch, args.dtype)) * 1e9
     n = counts["params_matmul"]
     med = statistics.median(step_times)
-    s, t = statistics.median(sampled), statistics.median(trained)
-    update = statistics.median(phases["update"])
-    prompts_tokens = args.prompts * args.prompt_tokens
+    phase = {name: statistics.median(v) for name, v in phases.items()}
+    flops_sample = 2 * n * tokens["sampled_tokens"]
+    flops_update = 6 * n * tokens["trained_tokens"]
+    flops_forward_only = 2 * n * (tokens["prefill_tokens"] + tokens["baseline_tokens"])
+    floor = (flops_sample + flops_update + flops_forward_only) / rate
     result = {
         "sec_per_step": med,
         "sec_per_step_min": min(step_times),
@@ -214,21 +258,20 @@ def run_bench(args) -> dict:
         "sec_per_step_iqr": _iqr(step_times),
         "steps": args.steps,
         "warmup": args.warmup,
-        **{f"sec_{name}": statistics.median(v) for name, v in phases.items()},
-        "score_share": statistics.median(phases["score"]) / med,
-        "sampled_tokens": s,
-        "trained_tokens": t,
-        "prefill_tokens": prompts_tokens,
-        "baseline_tokens": args.prompts * (args.prompt_tokens + 1 + args.answer_tokens),
-        "tokens_per_sec": s / med,
-        "trained_tokens_per_sec": t / med,
+        **{f"sec_{name}": v for name, v in phase.items()},
+        "score_share": phase["score"] / med,
+        **tokens,
+        "tokens_per_sec": tokens["sampled_tokens"] / med,
+        "trained_tokens_per_sec": tokens["trained_tokens"] / med,
         **counts,
-        "flops_sample": 2 * n * s,
-        "flops_update": 6 * n * t,
+        "flops_sample": flops_sample,
+        "flops_update": flops_update,
+        "flops_forward_only": flops_forward_only,
         "matmul_gflops": rate / 1e9,
-        "floor_sec": (2 * n * s + 6 * n * t) / rate,
-        "step_over_floor": med / ((2 * n * s + 6 * n * t) / rate),
-        "update_matmul_fraction": 6 * n * t / update / rate,
+        "floor_sec": floor,
+        "step_over_floor": med / floor,
+        "generate_over_floor": phase["generate"] / ((flops_sample + 2 * n * tokens["prefill_tokens"]) / rate),
+        "update_matmul_fraction": flops_update / phase["update"] / rate,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_mb_after_warmup": peak_after_warmup,
         "rss_mb_first": rss[0],

@@ -346,6 +346,7 @@ def run_compare(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nrt", description="Native Reasoning Training")
     sub = parser.add_subparsers(dest="command", required=True)
+    from nrt.bench import add_bench
     from nrt.demo import add_demo
     from nrt.gym.cli import register as add_gym
 
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare(sub)
     add_gym(sub)
     add_demo(sub)
+    add_bench(sub)
     return parser
 
 
@@ -370,6 +372,9 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nrt.cpu_runtime import prefer_sleeping_threads
+
+    prefer_sleeping_threads()  # before torch loads OpenMP; see nrt.cpu_runtime
     quiet_libraries()
     parser = build_parser()
     # options may come anywhere among `section.option=value` overrides

@@ -12,9 +12,15 @@ run: 1-process and 2-process runs sample the same traces, and resuming resamples
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from transformers import Cache, DynamicCache
+from transformers import AttentionInterface, Cache, DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from nrt.cpu_attention import NAME as FLOAT32_SDPA
+from nrt.cpu_attention import attention_implementation, float32_attention, uses_float32_attention
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -25,15 +31,16 @@ class _PreallocatedLayer(DynamicLayer):
     reads a view of the filled part, with the same values.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, dtype: torch.dtype | None = None):
         super().__init__()
-        self.capacity, self.length = capacity, 0
+        self.capacity, self.length, self.dtype = capacity, 0, dtype
 
     def lazy_initialization(self, key_states, value_states) -> None:
         b, h, _, d = key_states.shape
         self.device = key_states.device
-        self._keys = key_states.new_empty((b, h, self.capacity, d))
-        self._values = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+        dtype = torch.promote_types(self.dtype, key_states.dtype) if self.dtype else key_states.dtype
+        self._keys = key_states.new_empty((b, h, self.capacity, d), dtype=dtype)
+        self._values = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]), dtype=dtype)
         self.is_initialized = True
 
     def _views(self) -> None:
@@ -66,13 +73,92 @@ class _PreallocatedLayer(DynamicLayer):
             self._views()
 
 
-def _decoding_cache(model, capacity: int) -> Cache:
+def _decoding_cache(model, capacity: int, dtype: torch.dtype | None = None) -> Cache:
     """Preallocated full-attention layers; transformers' own cache for anything else (sliding windows...)."""
     config = model.config.get_text_config(decoder=True)
     layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     if getattr(config, "sliding_window", None) or any(t != "full_attention" for t in layer_types):
         return DynamicCache(config=model.config)
-    return Cache(layers=[_PreallocatedLayer(capacity) for _ in layer_types])
+    return Cache(layers=[_PreallocatedLayer(capacity, dtype) for _ in layer_types])
+
+
+GROUPED = "nrt_grouped_decode"
+_GROUPED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # standard attention: q/k/v, rotary, GQA
+
+
+@dataclass
+class SharedPrefix:
+    """The prompt keys/values of each group, read by all its rows while decoding.
+
+    keys[l], values[l]: [G, H_kv, P, D] for decoder layer l; mask [G, P] (False at left padding);
+    k rows per group, group-major; rows [B]: the original row (q*K + k) of each row still decoding.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+    k: int
+    rows: torch.Tensor
+
+    def select(self, rows: torch.Tensor) -> "SharedPrefix":
+        return SharedPrefix(self.keys, self.values, self.mask, self.k, rows)
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, nrt_shared_prefix=None,
+                             **kwargs):
+    """Attention of one new token per row [B, H, 1, D] over its group's prompt and its own trace.
+
+    The prompt part is one matmul per (group, kv head) over the K rows' queries, reading the
+    prompt's keys/values once per group; the trace part (key/value [B, H_kv, T, D] from this
+    row's own cache) is per row; one float32 softmax over both.
+    """
+    prefix = nrt_shared_prefix
+    if prefix is None or query.shape[2] != 1:
+        raise ValueError("grouped_decode_attention decodes one token per row with a SharedPrefix")
+    layer = module.layer_idx
+    pk, pv = prefix.keys[layer], prefix.values[layer]  # [G, Hkv, P, D]
+    g, hkv, p, d = pk.shape
+    b, hq = query.shape[0], query.shape[1]
+    rep, k, rows = hq // hkv, prefix.k, prefix.rows
+    scale = scaling if scaling is not None else d**-0.5
+    with torch.autocast(query.device.type, enabled=False):
+        q = query.to(pk.dtype).reshape(b, hkv, rep, d) * scale
+        slots = q.new_zeros((g * k, hkv, rep, d))
+        slots[rows] = q
+        slots = slots.view(g, k, hkv, rep, d).transpose(1, 2).reshape(g, hkv, k * rep, d)
+        prompt_scores = torch.matmul(slots, pk.transpose(-1, -2))  # [G, Hkv, K*rep, P]
+        prompt_scores = prompt_scores.masked_fill(~prefix.mask[:, None, None, :], float("-inf"))
+        prompt_scores = prompt_scores.view(g, hkv, k, rep, p).transpose(1, 2).reshape(g * k, hkv, rep, p)[rows]
+        trace_scores = torch.matmul(q, key.to(pk.dtype).transpose(-1, -2))  # [B, Hkv, rep, T]
+        probs = torch.cat([prompt_scores, trace_scores], dim=-1).float().softmax(-1).to(pv.dtype)
+        out = torch.matmul(probs[..., p:], value.to(pv.dtype))  # [B, Hkv, rep, D]
+        prompt_probs = probs.new_zeros((g * k, hkv, rep, p))
+        prompt_probs[rows] = probs[..., :p]
+        prompt_probs = prompt_probs.view(g, k, hkv, rep, p).transpose(1, 2).reshape(g, hkv, k * rep, p)
+        prompt_out = torch.matmul(prompt_probs, pv)  # [G, Hkv, K*rep, D]
+        out = out + prompt_out.view(g, hkv, k, rep, d).transpose(1, 2).reshape(g * k, hkv, rep, d)[rows]
+    return out.reshape(b, 1, hq, d).to(query.dtype), None
+
+
+AttentionInterface.register(GROUPED, grouped_decode_attention)
+AttentionMaskInterface.register(GROUPED, sdpa_mask)
+
+
+def _grouped_decoding_supported(model) -> bool:
+    """CPU models whose attention is transformers' sdpa over all previous tokens, with plain q/k/v heads.
+
+    (Measured on CPUs only; GPU attention kernels are another trade-off.)"""
+    if next(model.parameters()).device.type != "cpu":
+        return False
+    config = model.config
+    text = config.get_text_config(decoder=True)
+    layer_types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
+    return (
+        getattr(config, "model_type", None) in _GROUPED_MODEL_TYPES
+        and getattr(config, "_attn_implementation", None) in ("sdpa", FLOAT32_SDPA)
+        and not getattr(text, "sliding_window", None)
+        and all(t == "full_attention" for t in layer_types)
+    )
 
 
 def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -82,7 +168,8 @@ def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: floa
     so a zero-probability token is never drawn, even for u = 0)."""
     if temperature == 0.0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least one token)
@@ -111,6 +198,8 @@ def sample_traces(
     forbid_first: list[int] | None = None,
     min_new_tokens: int = 0,
     preallocate_cache: bool = True,
+    attention_in_float32: bool = True,
+    share_prompt_cache: bool = True,
 ) -> list[list[int]]:
     """Sample `num_generations` continuations per prompt; rows are group-major (q*K + k).
 
@@ -119,8 +208,23 @@ def sample_traces(
     (used to force a trace by forbidding an immediate `<|response_start|>`). The stop tokens
     cannot be drawn before `min_new_tokens` tokens (TRL's `min_new_tokens`; benchmarks use it
     to make every trace exactly `max_new_tokens` long). `preallocate_cache=False` uses
-    transformers' DynamicCache, which grows by concatenation (slower; kept for tests).
+    transformers' DynamicCache, which grows by concatenation (slower; kept for tests). On the
+    CPU, attention runs in float32 with a float32 cache (`nrt.cpu_attention`) unless
+    `attention_in_float32=False`. With `share_prompt_cache` (and a supported model: see
+    `_grouped_decoding_supported`) the K rows of a group read one copy of their prompt's keys
+    and values instead of K copies (`grouped_decode_attention`).
     """
+    float32_cache = attention_in_float32 and uses_float32_attention(model)
+    grouped = share_prompt_cache and preallocate_cache and num_generations > 1 and _grouped_decoding_supported(model)
+    with float32_attention(model, enabled=attention_in_float32):
+        return _sample(
+            model, prompts, num_generations, max_new_tokens, stop_token_ids, pad_token_id, seeds, temperature,
+            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped,
+        )
+
+
+def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad_token_id, seeds, temperature,
+            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped) -> list[list[int]]:
     k = num_generations
     device = next(model.parameters()).device
     q, n = len(prompts), len(prompts) * num_generations
@@ -137,7 +241,13 @@ def sample_traces(
         [torch.rand(k, steps, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     ).flatten(0, 1).to(device)  # [Q*K, max_new]
 
-    cache = _decoding_cache(model, width + steps) if preallocate_cache else DynamicCache(config=model.config)
+    cache_dtype = torch.float32 if float32_cache else None
+    if grouped:  # the prompt cache stays one per group; the trace tokens get a cache per row
+        cache = _decoding_cache(model, width, cache_dtype)
+    elif preallocate_cache:
+        cache = _decoding_cache(model, width + steps, cache_dtype)
+    else:
+        cache = DynamicCache(config=model.config)
     full_mask = full_mask.to(device)
     out = model(
         input_ids=ids.to(device),
@@ -147,7 +257,13 @@ def sample_traces(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache.batch_repeat_interleave(k)
+    extra = {}
+    if grouped:
+        prefix = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                              full_mask[:, :width].bool(), k, torch.arange(n, device=device))
+        cache, extra = _decoding_cache(model, steps, cache_dtype), {"nrt_shared_prefix": prefix}
+    else:
+        cache.batch_repeat_interleave(k)
     logits = out.logits[:, -1].float().repeat_interleave(k, 0)
     full_mask = full_mask.repeat_interleave(k, 0)
     next_position = positions[:, -1:].to(device).repeat_interleave(k, 0) + 1
@@ -171,13 +287,17 @@ def sample_traces(
             keep = running.nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             active, tokens, full_mask, next_position = active[keep], tokens[keep], full_mask[keep], next_position[keep]
+            if grouped:
+                extra["nrt_shared_prefix"] = extra["nrt_shared_prefix"].select(active)
         full_mask[:, width + t] = 1
-        logits = model(
-            input_ids=tokens[:, None],
-            attention_mask=full_mask[:, : width + t + 1],
-            position_ids=next_position,
-            cache=cache,
-            use_cache=True,
-        ).logits[:, -1].float()
+        with attention_implementation(model, GROUPED, grouped):
+            logits = model(
+                input_ids=tokens[:, None],
+                attention_mask=None if grouped else full_mask[:, : width + t + 1],  # grouped: masks its prompt part
+                position_ids=next_position,
+                cache=cache,
+                use_cache=True,
+                **extra,
+            ).logits[:, -1].float()
         next_position = next_position + 1
     return [row[row >= 0].tolist() for row in sampled.cpu()]

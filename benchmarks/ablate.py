@@ -1,0 +1,120 @@
+"""Each speed optimisation switched off in turn, measured side by side with everything on.
+
+    .venv/bin/python benchmarks/ablate.py --fixed-length --rounds 5 [--variants all no_fused_logprobs ...]
+
+One trainer per variant, all built from the same seed (same weights, data and traces), in one
+process; their steps alternate (all, variant 1, variant 2, ..., the order rotated every round), so every variant sees
+the same machine load. Prints one JSON line per variant: median seconds per step and per
+phase over the rounds, and the ratio to `all` (> 1: the optimisation pays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see docs/PERFORMANCE.md
+
+import torch  # noqa: E402
+
+import nrt.trainer as trainer_module
+from nrt.bench import add_arguments, bf16_supported, build_trainer
+from nrt.cpu_runtime import keep_freed_memory
+
+
+@contextlib.contextmanager
+def patched(module, name, **kwargs):
+    original = getattr(module, name)
+    setattr(module, name, functools.partial(original, **kwargs))
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+VARIANTS = {
+    "all": contextlib.nullcontext,
+    # sequences.completion_logprobs: plain logits -> logsumexp -> gather (all C+1 positions)
+    "no_fused_logprobs": lambda: patched(trainer_module, "completion_logprobs", fused=False),
+    # sampling.sample_traces: transformers' DynamicCache (grows by torch.cat)
+    "no_preallocated_cache": lambda: patched(trainer_module, "sample_traces", preallocate_cache=False),
+    # sequences.completion_logprobs: the model computes [N, V] logits (accelerate converts them to float32)
+    "no_fused_head": lambda: patched(trainer_module, "completion_logprobs", fuse_head=False),
+    # sequences.completion_logprobs: every row runs its own prompt through the forward-backward
+    "no_shared_prompts": lambda: patched(trainer_module, "completion_logprobs", share_prompts=False),
+    # sampling.sample_traces: each row reads its own copy of the prompt's keys/values while decoding
+    "no_shared_prompt_cache": lambda: patched(trainer_module, "sample_traces", share_prompt_cache=False),
+    # nrt.cpu_attention: attention in bfloat16 under autocast (torch's CPU kernel), decoding and training
+    "no_float32_attention": lambda: _both(patched(trainer_module, "sample_traces", attention_in_float32=False),
+                                          patched(trainer_module, "completion_logprobs", attention_in_float32=False)),
+    # everything above off at once: the step as it was before this work (transformers' cache, full logits)
+    "none": lambda: _both(patched(trainer_module, "sample_traces", preallocate_cache=False, share_prompt_cache=False,
+                                  attention_in_float32=False),
+                          patched(trainer_module, "completion_logprobs", fused=False, attention_in_float32=False)),
+}
+
+
+def fused_adamw(trainer) -> None:
+    """Proposed trainer change (docs/PERFORMANCE.md): torch's fused AdamW kernel instead of foreach."""
+    for group in trainer.optimizer.optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+
+
+SETUPS = {"proposed_fused_adamw": fused_adamw}  # variants that change the trainer once, not a call
+VARIANTS["proposed_fused_adamw"] = contextlib.nullcontext
+
+
+@contextlib.contextmanager
+def _both(a, b):
+    with a, b:
+        yield
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v not in SETUPS])
+    args = p.parse_args(argv)
+    keep_freed_memory()
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if bf16_supported() else "float32"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.steps = args.rounds
+    trainers = {v: build_trainer(args)[0] for v in args.variants}
+    for v, trainer in trainers.items():
+        SETUPS.get(v, lambda _: None)(trainer)
+    times = {v: {"step": [], "generate": [], "score": [], "update": []} for v in args.variants}
+    rewards = {v: [] for v in args.variants}
+    names = list(trainers)
+    for r in range(args.warmup + args.rounds):
+        for v in names[r % len(names):] + names[: r % len(names)]:  # rotate the order every round
+            trainer = trainers[v]
+            with VARIANTS[v]():
+                tick = time.perf_counter()
+                m = trainer.train_step()
+                elapsed = time.perf_counter() - tick
+            rewards[v].append(m["reward_mean"])
+            if r >= args.warmup:
+                times[v]["step"].append(elapsed)
+                for phase in ("generate", "score", "update"):
+                    times[v][phase].append(m[f"time_{phase}"])
+    base = {k: statistics.median(x) for k, x in times["all"].items()} if "all" in times else None
+    for v in args.variants:
+        med = {k: statistics.median(x) for k, x in times[v].items()}
+        out = {"variant": v, **{f"sec_{k}": round(x, 4) for k, x in med.items()}}
+        if base:
+            out.update({f"ratio_{k}": round(med[k] / base[k], 3) for k in med if base[k] > 0})
+            out["max_reward_diff_vs_all"] = max(abs(a - b) for a, b in zip(rewards[v], rewards["all"]))
+        out.update(load_avg=os.getloadavg()[0], threads=torch.get_num_threads(), dtype=args.dtype)
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

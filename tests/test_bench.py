@@ -1,0 +1,111 @@
+"""`nrt bench`: one JSON line with the documented fields, the work counted exactly, sane values.
+
+No timing in any pass condition: times are only checked to be positive and consistent.
+"""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from nrt.bench import add_bench, bench_model, main, parameter_counts, synthetic_tokenizer
+
+FIELDS = {
+    "sec_per_step", "sec_per_step_min", "sec_per_step_max", "sec_per_step_iqr", "sec_generate", "sec_score",
+    "sec_update", "score_share", "sampled_tokens", "prefill_tokens", "trained_tokens", "trained_tokens_unshared",
+    "baseline_tokens", "tokens_per_sec", "trained_tokens_per_sec", "params_total", "params_non_embedding",
+    "params_matmul", "flops_sample", "flops_update", "flops_forward_only", "matmul_gflops", "floor_sec",
+    "step_over_floor", "generate_over_floor", "update_matmul_fraction", "peak_rss_mb", "peak_rss_mb_after_warmup",
+    "rss_mb_first", "rss_mb_last", "dtype", "threads", "load_avg", "config",
+}
+TINY = ["--hidden", "64", "--layers", "2", "--vocab", "300", "--prompts", "3", "--generations", "2", "--think", "5",
+        "--prompt-tokens", "7", "--answer-tokens", "4", "--steps", "2", "--warmup", "1", "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def fixed_length_result(one_thread):
+    import io
+    from contextlib import redirect_stdout
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        main([*TINY, "--fixed-length", "--trace-rss"])
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 1  # one JSON line, nothing else on stdout
+    return json.loads(lines[0])
+
+
+def test_bench_prints_every_field(fixed_length_result):
+    assert FIELDS <= set(fixed_length_result)
+    assert len(fixed_length_result["rss_mb_by_step"]) == 2
+
+
+def test_fixed_length_work_is_counted_exactly(fixed_length_result):
+    r = fixed_length_result
+    k, q, think, prompt, answer = 2, 3, 5, 7, 4
+    assert r["sampled_tokens"] == q * k * think
+    assert r["prefill_tokens"] == q * prompt
+    completion = think + 1 + answer  # trace, <|response_start|>, answer with eos
+    assert r["trained_tokens"] == q * prompt + q * k * completion  # a group's prompt runs once
+    assert r["trained_tokens_unshared"] == q * k * (prompt + completion)
+    assert r["baseline_tokens"] == q * (prompt + 1 + answer)
+    n = r["params_matmul"]
+    assert r["flops_sample"] == 2 * n * r["sampled_tokens"]
+    assert r["flops_update"] == 6 * n * r["trained_tokens"]
+    floor = (r["flops_sample"] + r["flops_update"] + r["flops_forward_only"]) / (r["matmul_gflops"] * 1e9)
+    assert r["floor_sec"] == pytest.approx(floor)
+    assert r["step_over_floor"] == pytest.approx(r["sec_per_step"] / floor)
+
+
+def test_times_and_memory_are_sane(fixed_length_result):
+    r = fixed_length_result
+    assert 0 < r["sec_per_step_min"] <= r["sec_per_step"] <= r["sec_per_step_max"]
+    assert all(r[f"sec_{p}"] > 0 for p in ("generate", "score", "update"))
+    assert r["sec_generate"] + r["sec_score"] + r["sec_update"] <= r["sec_per_step_max"] * 1.001
+    assert 0 < r["score_share"] < 1 and r["matmul_gflops"] > 0 and r["update_matmul_fraction"] > 0
+    assert r["peak_rss_mb"] >= r["peak_rss_mb_after_warmup"] > 0 and r["rss_mb_last"] > 0
+    assert r["dtype"] == "float32" and r["config"]["fixed_length"] is True
+
+
+def test_parameter_counts_match_an_independent_count():
+    model = bench_model(300, 64, 2, seed=0)
+    counts = parameter_counts(model)
+    h, v, layers = 64, 300, 2
+    per_layer = 4 * h * h + 3 * h * (4 * h)  # q, k, v, o (head size 64, no GQA) + gate, up, down
+    assert counts["params_matmul"] == layers * per_layer + v * h  # + lm_head (tied to the embedding)
+    assert counts["params_total"] == layers * (per_layer + 2 * h) + h + v * h  # + norms; tied weights counted once
+    assert counts["params_non_embedding"] == counts["params_total"] - v * h
+
+
+def test_synthetic_tokenizer_round_trips_text():
+    tok = synthetic_tokenizer(50)
+    assert len(tok) == 50 and tok.eos_token_id == 1 and tok.pad_token_id == 0
+    ids = [5, 49, 3, 17]
+    assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids
+
+
+def test_add_bench_wires_a_subcommand():
+    parser = argparse.ArgumentParser(prog="nrt")
+    add_bench(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--hidden", "32", "--fixed-length"])
+    assert args.hidden == 32 and args.fixed_length and args.think == 48 and callable(args.func)
+
+
+def test_without_fixed_length_traces_may_stop_early():
+    import io
+    from contextlib import redirect_stdout
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        main([*TINY, "--steps", "1", "--warmup", "0", "--think", "40"])
+    r = json.loads(out.getvalue())
+    assert 0 < r["sampled_tokens"] <= 3 * 2 * 40

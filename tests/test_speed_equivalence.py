@@ -1,0 +1,203 @@
+"""Faster is not different: every speed optimisation gives the same numbers as the plain computation.
+
+Stated tolerances (docs/PERFORMANCE.md):
+- float32, each optimisation on vs off: log-probabilities, entropies and gradients equal up to
+  float rounding (rtol 1e-5 / atol 1e-6 on values; rtol 1e-4 on gradients); sampled traces
+  identical; rewards of whole training steps with the same seed within 1e-5 (relative).
+- bfloat16 autocast vs float32 on the same traces: per-trace rewards within 1% (relative),
+  answer log-likelihoods and the loss within 0.1%.
+
+Tiny random Llamas built from a config; no download.
+"""
+
+import contextlib
+import functools
+
+import pytest
+import torch
+
+import nrt.trainer as trainer_module
+from nrt.bench import build_trainer, synthetic_examples
+from nrt.sampling import sample_traces
+from nrt.sequences import completion_logprobs, pack
+from nrt.tiny import tiny_llama
+from nrt.token_logprobs import token_logprobs
+
+SWITCHES = ["fused", "fuse_head", "share_prompts", "attention_in_float32"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def lively(model, std, seed=0):
+    """Larger weights than the default init, so logits and attention are far from uniform."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def grouped_batch():
+    """3 groups of 3 rows: prompts of different lengths (left padding), completions of different
+    lengths (right padding), one completion of a single token."""
+    prompts = [[3, 4, 5]] * 3 + [[6, 7]] * 3 + [[8, 9, 10, 11]] * 3
+    completions = [[12, 13, 14, 15], [16], [17, 18], [19, 20, 21], [22, 2], [23, 24, 25, 26, 27],
+                   [28, 29], [30, 31], [32, 33, 34]]
+    return pack(prompts, completions, pad_id=0)
+
+
+def logprobs_and_grads(model, batch, weights, **switches):
+    model.zero_grad(set_to_none=True)
+    lp, entropy = completion_logprobs(model, batch, with_entropy=True, **switches)
+    (lp * weights).sum().backward()
+    return lp.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_completion_logprobs_each_optimisation_off_gives_the_same_values_and_gradients(switch, autocast):
+    model = lively(tiny_llama(64, hidden=32, layers=2, seed=0), std=0.3)
+    batch = grouped_batch()
+    weights = torch.randn(batch.completion_ids.shape, generator=torch.Generator().manual_seed(1))
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+    with ctx():
+        on = logprobs_and_grads(model, batch, weights)
+    with ctx():
+        off = logprobs_and_grads(model, batch, weights, **{switch: False})
+    mask = batch.completion_mask
+    assert (on[0][~mask] == 0).all() and (on[0][mask] < 0).all()
+    # bf16: the plain path rounds differently (e.g. bf16 logits vs chunked float32); same order as autocast's own error
+    rtol, atol = (1e-5, 1e-6) if not autocast else (2e-2, 2e-2)
+    torch.testing.assert_close(on[0], off[0], rtol=rtol, atol=atol)
+    torch.testing.assert_close(on[1], off[1], rtol=rtol, atol=atol)
+    for name, grad in off[2].items():
+        scale = grad.abs().max().item()
+        assert (on[2][name] - grad).abs().max().item() <= (1e-4 if not autocast else 5e-2) * scale + 1e-7, name
+
+
+def test_shared_prompt_forward_is_really_taken():
+    from nrt.sequences import prompt_groups
+
+    batch = grouped_batch()
+    assert prompt_groups(batch).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    unique = pack([[3, 4], [5, 6]], [[7], [8]], pad_id=0)
+    assert prompt_groups(unique) is None
+
+
+def test_token_logprobs_matches_autograd_log_softmax_in_float64():
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(70, 33, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    targets = torch.randint(0, 33, (70,), generator=g)
+    weights = torch.randn(70, generator=g, dtype=torch.float64)
+    lp, entropy = token_logprobs(logits, targets, with_entropy=True)
+    (lp * weights).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    reference = logits.log_softmax(-1)
+    ref_lp = reference.gather(1, targets[:, None]).squeeze(1)
+    (ref_lp * weights).sum().backward()
+    torch.testing.assert_close(lp, ref_lp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(entropy, -(reference.exp() * reference).sum(-1).detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours, logits.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("switch", ["preallocate_cache", "attention_in_float32", "share_prompt_cache"])
+def test_sample_traces_each_optimisation_off_gives_the_same_traces(switch):
+    model = lively(tiny_llama(64, hidden=32, layers=2, seed=1).double(), std=0.4).eval()
+    prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]]
+    args = dict(num_generations=4, max_new_tokens=12, stop_token_ids=[1, 2], pad_token_id=0, seeds=[5, 6, 7])
+    on = sample_traces(model, prompts, **args)
+    off = sample_traces(model, prompts, **args, **{switch: False})
+    assert on == off
+    lengths = {len(t) for t in on}
+    assert len(lengths) > 1  # some rows stopped early: the dropped-row path ran
+
+
+def test_sample_traces_in_bf16_with_the_float32_cache_matches_transformers_cache():
+    model = lively(tiny_llama(64, hidden=32, layers=2, seed=1), std=0.4).eval()
+    prompts = [[3, 4, 5], [6, 7]]
+    args = dict(num_generations=3, max_new_tokens=10, stop_token_ids=[1], pad_token_id=0, seeds=[5, 6],
+                temperature=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        on = sample_traces(model, prompts, **args)
+        off = sample_traces(model, prompts, **args, preallocate_cache=False, attention_in_float32=False,
+                            share_prompt_cache=False)
+    agree = sum(a == b for x, y in zip(on, off) for a, b in zip(x, y)) / sum(min(len(x), len(y)) for x, y in zip(on, off))
+    assert agree >= 0.9  # greedy bf16 decoding: float32 attention may flip a near-tie, rarely
+
+
+def test_min_new_tokens_makes_every_trace_full_length():
+    model = lively(tiny_llama(64, hidden=32, layers=2, seed=1), std=0.4).eval()
+    args = dict(num_generations=4, max_new_tokens=9, stop_token_ids=list(range(40)), pad_token_id=0, seeds=[1, 2])
+    free = sample_traces(model, [[3, 4], [5]], **args)
+    fixed = sample_traces(model, [[3, 4], [5]], **args, min_new_tokens=9)
+    assert any(len(t) < 9 for t in free)
+    assert all(len(t) == 9 and not set(t) & set(range(40)) for t in fixed)
+
+
+# --------------------------------------------------------------------------- whole steps
+def bench_args(**kw):
+    from argparse import Namespace
+
+    args = dict(hidden=64, layers=2, vocab=256, prompts=4, micro_prompts=0, generations=4, think=10,
+                prompt_tokens=6, answer_tokens=4, steps=2, warmup=0, seed=3, fixed_length=False,
+                dtype="float32", threads=0, trace_rss=False)
+    args.update(kw)
+    return Namespace(**args)
+
+
+@contextlib.contextmanager
+def plain():
+    """Every optimisation off, where the trainer calls into sampling and sequences."""
+    sample, logprobs = trainer_module.sample_traces, trainer_module.completion_logprobs
+    trainer_module.sample_traces = functools.partial(sample, preallocate_cache=False, attention_in_float32=False,
+                                                     share_prompt_cache=False)
+    trainer_module.completion_logprobs = functools.partial(logprobs, fused=False, attention_in_float32=False)
+    try:
+        yield
+    finally:
+        trainer_module.sample_traces, trainer_module.completion_logprobs = sample, logprobs
+
+
+def test_same_seed_same_rewards_with_and_without_the_optimisations():
+    fast, _, _ = build_trainer(bench_args())
+    slow, _, _ = build_trainer(bench_args())
+    for _ in range(2):  # the second step runs on updated weights
+        a = fast.train_step()
+        with plain():
+            b = slow.train_step()
+        for key in ("reward_mean", "reward_std", "answer_logprob", "answer_logprob_no_trace", "trace_length_mean",
+                    "loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    assert a["trace_length_mean"] < 10  # traces stopped early: variable lengths and padding were exercised
+
+
+def test_bf16_autocast_rewards_and_loss_within_tolerance_of_float32():
+    trainer, _, _ = build_trainer(bench_args(think=16))
+    lively(trainer.model, std=0.05)
+    chunk = trainer.micro_batches(0)[0]
+    rollout = trainer.sample(chunk)  # the same traces for both precisions
+    base = trainer.no_trace_logprobs(chunk)
+    out32, scored32 = trainer.micro_batch_loss(rollout, chunk, base, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        base16 = trainer.no_trace_logprobs(chunk)
+        out16, scored16 = trainer.micro_batch_loss(rollout, chunk, base16, None)
+    r32, r16 = scored32.stats["reward"], scored16.stats["reward"]
+    a32, a16 = scored32.stats["answer_logprob"], scored16.stats["answer_logprob"]
+    assert ((r16 - r32).abs() / r32.abs()).max() <= 1e-2
+    assert ((a16 - a32).abs() / a32.abs()).max() <= 1e-3
+    assert abs(out16.loss.item() - out32.loss.item()) <= 1e-3 * abs(out32.loss.item())
+    assert not torch.equal(a16, a32)  # autocast really changed the arithmetic
+
+
+def test_synthetic_examples_are_reproducible():
+    a = synthetic_examples(3, 5, 4, 100, seed=1)
+    b = synthetic_examples(3, 5, 4, 100, seed=1)
+    assert [x.prompt_ids for x in a] == [x.prompt_ids for x in b] and all(x.answer_ids[-1] == 1 for x in a)
