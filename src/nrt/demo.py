@@ -92,6 +92,14 @@ def run_demo(args) -> None:
         print(f"results: {args.results}")
 
 
+def gain_sentence(pretrain_report: dict) -> str:
+    """How `nrt gym pretrain` found NRT's premise on the training questions, for the results page."""
+    gains = pretrain_report.get("reasoning_gain_train", {})
+    return "".join(f"; its reasoning gain on the {task} training questions before any RL run was "
+                   f"{g['mean']:+.3f} ± {g['stderr']:.3f} nats ({g['samples']} sampled traces)"
+                   for task, g in gains.items())
+
+
 def write_results(path: Path, out: Path, summary: dict, seeds: list[int], pretrain_report: dict) -> None:
     """docs/RESULTS.md: the demo's table over seeds, the plots, and how each split was used."""
     import shutil
@@ -108,7 +116,7 @@ Produced by `{command}` (`make results`); numbers are mean ± std over seeds {',
 
 Base model: {base['parameters'] / 1e6:.2f}M-parameter Llama pretrained from scratch by
 `nrt gym pretrain --tasks multihop --steps 600` ({base['tokens_seen'] / 1e6:.1f}M tokens,
-{base['wall_s'] / 60:.0f} min wall on the machine that built it). Accuracy is exact match of
+{base['wall_s'] / 60:.0f} min wall on the machine that built it){gain_sentence(base)}. Accuracy is exact match of
 the answer the model writes after its own greedy think-then-answer; "gain" is the answer
 log-likelihood after a sampled trace minus without one, on the gym test split.
 
