@@ -18,7 +18,6 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see docs/PERFORMANCE.md
 
 import torch  # noqa: E402
 

@@ -7,9 +7,8 @@ Each round runs `nrt bench --fixed-length` and `benchmarks/trl_grpo.py` (same op
 the other, each in a fresh process with the same environment, so both see the same machine
 load; the order alternates between rounds. Per round: the ratio of TRL's median seconds per step
 to nrt's. The summary (last line, JSON) has the median ratio over the rounds and both sides'
-medians; every round's two JSON lines are printed first. `OMP_WAIT_POLICY=PASSIVE` is set for
-both sides unless already set: on a shared, oversubscribed CPU, spinning OpenMP threads slow both
-sides several-fold (docs/PERFORMANCE.md).
+medians; every round's two JSON lines are printed first. Both sides inherit the environment:
+on a shared, oversubscribed CPU, run it with `OMP_WAIT_POLICY=PASSIVE` (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ def main(argv=None) -> dict:
     p.add_argument("workload", nargs="*", help="options for both sides, after --")
     args = p.parse_args(argv)
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     common = [*args.workload, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     nrt_cmd = [sys.executable, "-m", "nrt.bench", "--fixed-length", *common]
     trl_cmd = [sys.executable, str(ROOT / "benchmarks" / "trl_grpo.py"), *common]
@@ -70,7 +68,7 @@ def main(argv=None) -> dict:
         "nrt_update_matmul_fraction": med("nrt", "update_matmul_fraction"),
         "matmul_gflops_bf16": med("nrt", "matmul_gflops"),
         "load_avg": [x[s]["load_avg"] for x in rounds for s in ("nrt", "trl")],
-        "omp_wait_policy": env["OMP_WAIT_POLICY"],
+        "omp_wait_policy": env.get("OMP_WAIT_POLICY", "unset"),
         "workload": args.workload,
         "steps": args.steps,
         "warmup": args.warmup,

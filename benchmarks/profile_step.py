@@ -6,8 +6,6 @@
 import argparse
 import sys
 
-import os
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see docs/PERFORMANCE.md
 
 import torch  # noqa: E402
 

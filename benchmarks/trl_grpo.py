@@ -30,9 +30,8 @@ import sys
 import tempfile
 import time
 
-from nrt.cpu_runtime import keep_freed_memory, prefer_sleeping_threads  # noqa: E402
+from nrt.cpu_runtime import keep_freed_memory  # noqa: E402
 
-prefer_sleeping_threads()  # as nrt bench: the same OpenMP and malloc settings on both sides
 keep_freed_memory()
 
 import torch  # noqa: E402

@@ -35,9 +35,7 @@ import resource
 import statistics
 import time
 
-from nrt.cpu_runtime import keep_freed_memory, prefer_sleeping_threads
-
-prefer_sleeping_threads()  # before torch loads OpenMP (only effective when nothing imported torch yet)
+from nrt.cpu_runtime import keep_freed_memory
 
 # torch, transformers and the trainer are imported inside the functions: `nrt --help` stays fast.
 

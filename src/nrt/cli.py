@@ -372,9 +372,6 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nrt.cpu_runtime import prefer_sleeping_threads
-
-    prefer_sleeping_threads()  # before torch loads OpenMP; see nrt.cpu_runtime
     quiet_libraries()
     parser = build_parser()
     # options may come anywhere among `section.option=value` overrides

@@ -1,10 +1,10 @@
 """Process-wide CPU settings that pay on a shared machine. For entry points (the CLI, benchmarks) only.
 
-- `prefer_sleeping_threads()`: OMP_WAIT_POLICY=PASSIVE unless set. Idle OpenMP threads sleep
-  instead of spinning; on an oversubscribed CPU spinning threads steal the cores the working
-  threads need, and every small op waits for a descheduled thread (measured here: a decoding
-  loop 16x slower, an AdamW step 80x). OpenMP reads it once, when torch loads it: call before
-  the first `import torch`.
+- OpenMP's wait policy is left to the user: on an oversubscribed CPU (more busy threads than
+  cores), `OMP_WAIT_POLICY=PASSIVE` in the environment makes idle threads sleep instead of
+  spinning on the cores the working threads need (measured on a loaded 2-core machine: a
+  decoding loop 16x faster); on a quiet machine it costs (an NRT step 2.2-2.7 s with spinning
+  threads, 3.0-3.1 s with sleeping ones; docs/PERFORMANCE.md), so nrt does not set it.
 - `keep_freed_memory()`: glibc keeps freed memory for reuse instead of returning it to the
   system after every step (mallopt: trim threshold 2 GiB, mmap threshold 32 MiB). Otherwise each
   training step re-faults its activations page by page: ~150,000 page faults and ~0.3 s of
@@ -15,14 +15,9 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-
-
-def prefer_sleeping_threads() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def keep_freed_memory(trim_threshold: int = 2**31 - 1, mmap_threshold: int = 32 * 2**20) -> bool:
