@@ -66,7 +66,7 @@ class MetricsLogger:
 
     def warn(self, message: str) -> None:
         if self.is_main:
-            self.progress.console.print(f"[bold yellow]warning:[/] {message}")
+            self.progress.console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)  # one greppable line
 
     def advance(self, metrics: dict) -> None:
         self.progress.update(self.task, advance=1, info=summary(metrics))
