@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from nrt.tiny import save_tiny_model
 
@@ -25,3 +26,13 @@ def write_sums(path, n=24, seed=0):
 @pytest.fixture
 def sums_file(tmp_path):
     return write_sums(tmp_path / "sums.jsonl")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: threads only add overhead, and oversubscribe a shared CPU badly.
+    Modules that want it: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -7,7 +7,6 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from nrt.bench import add_bench, bench_model, main, parameter_counts, synthetic_tokenizer
 
@@ -23,12 +22,7 @@ TINY = ["--hidden", "64", "--layers", "2", "--vocab", "300", "--prompts", "3", "
         "--prompt-tokens", "7", "--answer-tokens", "4", "--steps", "2", "--warmup", "1", "--dtype", "float32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ EOS = TOKENIZER.eos_token_id
 PAD = TOKENIZER.pad_token_id
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny matrices: threads only add overhead, and oversubscribe a shared CPU badly
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lively(model, seed, std=0.4):

@@ -26,12 +26,7 @@ from nrt.token_logprobs import token_logprobs
 SWITCHES = ["fused", "fuse_head", "share_prompts", "attention_in_float32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lively(model, std, seed=0):
