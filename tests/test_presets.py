@@ -134,3 +134,15 @@ def test_every_preset_is_tested_and_unknown_names_get_a_suggestion():
     with pytest.raises(ValueError, match="did you mean 'verifree'"):
         preset_overrides("verifre")
     assert config_of("sft").method.objective == "sft"
+
+
+def test_answer_loss_off_is_a_choice_not_a_yaml_boolean(tmp_path):
+    # YAML reads a bare `off` as False; the option takes it back as the choice "off"
+    from nrt.config import ConfigError, apply_overrides, load_yaml
+
+    assert apply_overrides(Config(), ["method.answer_loss=off"]).method.answer_loss == "off"
+    path = tmp_path / "run.yaml"
+    path.write_text("method:\n  answer_loss: off\n")
+    assert load_yaml(path).method.answer_loss == "off"
+    with pytest.raises(ConfigError, match="answer_loss: True is not one of"):
+        apply_overrides(Config(), ["method.answer_loss=yes"])  # no choice is spelled like True

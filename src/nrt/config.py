@@ -140,6 +140,8 @@ def _coerce(name: str, tp, value):
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML reads off/on/yes/no as booleans: take back the choice so spelled
+            value = next((c for c in choices if isinstance(c, str) and yaml.safe_load(c) is value), value)
         if value not in choices:
             hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
