@@ -60,6 +60,43 @@ def setting(name: str, base: Path, data: Path, out: Path, seeds: list[int]) -> d
     return summary
 
 
+ANSWER_TERMS = ("fixed", "derived", "off")
+
+
+def answer_term_ablation(base: Path, data: Path, out: Path, seeds: list[int], healthy: dict) -> str:
+    """`nrt` with each answer-term variant (`method.answer_loss`) in the healthy setting, same
+    recipe and seeds; "fixed" is the preset's own, i.e. the healthy table's `nrt` row. A
+    separate section: it gives `nrt` extra runs, so it is not part of the equal-budget table."""
+    from nrt.report import fmt, markdown_table, mean_std
+
+    runs = {"fixed": [r for r in healthy["runs"] if r["method"] == "nrt"]}
+    directories = {"fixed": out / "healthy"}
+    for variant in ANSWER_TERMS[1:]:
+        directories[variant] = out / f"healthy-answer-{variant}"
+        exp = Experiment(
+            base_model=str(base), train_data=str(data / "train.jsonl"), output_dir=directories[variant],
+            methods=["nrt"], seeds=seeds, eval_sets=[EvalFile("gym_test", str(data / "test.jsonl"))],
+            validation_data=str(data / "validation.jsonl"), overrides=[*RECIPE, f"method.answer_loss={variant}"],
+            select="best", max_trace_tokens=48, include_base=False,
+        )
+        runs[variant] = run(exp)["runs"]
+    rows, means = [], {}
+    for variant in ANSWER_TERMS:
+        acc = [r["eval"]["gym_test"]["accuracy"] for r in runs[variant]]
+        means[variant] = 100 * mean(acc)
+        last = [trace_lengths(str(directories[variant]), "nrt", r["seed"])[1] for r in runs[variant]]
+        rows.append([f"`method.answer_loss={variant}`", fmt(*mean_std(acc), percent=True),
+                     " / ".join(f"{100 * a:.1f}" for a in acc), fmt(*mean_std(last), digits=1),
+                     f"{sum(r['collapse_step'] is not None for r in runs[variant])}/{len(acc)}"])
+    table = markdown_table(["answer term", "gym_test acc %", "per seed", "trace len (final)", "collapse"], rows)
+    return (f"## The answer term of `nrt`, healthy setting\n\nThe same recipe and seeds, `--method nrt` with "
+            f"each answer-term variant (fixed: the preset's own, the `nrt` row above; derived: the token "
+            f"signal of NRT_SPEC section 6; off: no answer term). Extra runs for `nrt` only, so this is an "
+            f"ablation, not part of the equal-budget comparison.\n\n{table}\n\nAgainst the preset's fixed "
+            f"answer term: " + ", ".join(f"{v} {means[v] - means['fixed']:+.1f} points" for v in ANSWER_TERMS[1:])
+            + " of mean test accuracy.\n")
+
+
 def stop_on_collapse(base: Path, data: Path, out: Path) -> dict:
     """The collapse-prone setting's `nrt` seed 0 again, with `trainer.on_collapse=stop` and a
     checkpoint every 5 steps: the detector ends the run and keeps the last healthy checkpoint."""
@@ -152,15 +189,14 @@ def answers(results: dict[str, dict]) -> str:
     if healthy and all(mean(accuracy(healthy, m)) > mean(accuracy(healthy, "nrt")) for m in ("verifree", "rlpr")):
         out.append("\nThe two methods that beat `nrt` here are the two whose answer term does not train the "
                    "reference answer after every trace: VeriFree weights it by the trace's reward, RLPR has "
-                   "none. GYM_NOTES section 4 saw the same on an earlier version of this world (NRT with the "
-                   "answer term off beat NRT with it on). That is a hypothesis for these runs, not measured "
-                   "here: every preset ran as specified, and `method.answer_loss=off|reward` on `nrt` was "
-                   "not part of the comparison.")
+                   "none. GYM_NOTES section 4 saw NRT with the answer term off beat NRT with it on, on an earlier "
+                   "version of this world. Every preset above ran as specified; the next section measures "
+                   "`nrt` with the other answer-term variants.")
     return "\n".join(out) + "\n"
 
 
 def write_doc(path: Path, out: Path, seeds: list[int], results: dict[str, dict], command: str,
-              stop: dict | None = None) -> None:
+              stop: dict | None = None, ablation: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = [f"""# Methods side by side on the reasoning gym
 
@@ -190,6 +226,8 @@ runs to the end.
                      f"start (from its gym.json): {gain}.\n\n{table}\n\n![{name} curves]({figure.name})\n\n"
                      + "\n".join(f"- {line}" for line in findings(summary)) + "\n")
     parts.append(answers(results))
+    if ablation:
+        parts.append(ablation)
     if stop is not None:
         parts.append(f"""## `on_collapse=stop` on a real collapse
 
@@ -236,8 +274,9 @@ def main(argv: list[str] | None = None) -> None:
             ensure_weak_base(bases[name])
         results[name] = setting(name, bases[name], data, out, seeds)
     stop = stop_on_collapse(bases["collapse-prone"], data, out) if "collapse-prone" in results else None
+    ablation = answer_term_ablation(base, data, out, seeds, results["healthy"]) if "healthy" in results else None
     command = "python scripts/methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_doc(Path(args.doc), out, seeds, results, command.strip(), stop)
+    write_doc(Path(args.doc), out, seeds, results, command.strip(), stop, ablation)
     print(f"wrote {args.doc}")
 
 
