@@ -2,7 +2,8 @@
 
     python scripts/methods.py [--seeds 0,1,2] [--output-dir artifacts/methods] [--doc docs/METHODS.md]
 
-(`make methods`.) Runs `nrt compare` twice on the gym's multi-hop Q&A splits, with the same
+(`make methods`.) Runs the runner behind `nrt compare` (`nrt.experiments.run`) in two settings on
+the gym's multi-hop Q&A splits, with the same
 recipe for every method (no method is tuned: one learning rate, batch, K and step budget
 for all, and each run's best step is chosen on the gym's validation split):
 
@@ -12,7 +13,9 @@ for all, and each run's best step is chosen on the gym's validation split):
   (built once into --output-dir), whose facts are not yet reliable, so its sampled traces
   lower the answer likelihood at the start (negative gain; GYM_NOTES section 3).
 
-Both settings train and evaluate on the same splits (the same world). The page's numbers,
+Then: an ablation of `nrt`'s answer term (fixed / derived / off) in the healthy setting, and
+one collapse-prone `nrt` run again with `trainer.on_collapse=stop`. Both settings train and
+evaluate on the same splits (the same world). The page's numbers,
 and the sentences that compare methods, are computed from the runs' summaries. Resumable:
 finished runs are kept (`nrt compare` skips them).
 """
