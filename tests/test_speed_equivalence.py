@@ -196,3 +196,40 @@ def test_synthetic_examples_are_reproducible():
     a = synthetic_examples(3, 5, 4, 100, seed=1)
     b = synthetic_examples(3, 5, 4, 100, seed=1)
     assert [x.prompt_ids for x in a] == [x.prompt_ids for x in b] and all(x.answer_ids[-1] == 1 for x in a)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_chunked_output_layer_under_autocast_equals_a_cast_per_chunk_and_keeps_one_weight_copy(bias, monkeypatch):
+    """bf16 autocast: the output layer's cast weight is made once for all chunks, with the values
+    and gradients of autocast casting it anew for each chunk, and one copy saved for the backward."""
+    import nrt.token_logprobs as tl
+
+    monkeypatch.setattr(tl, "HEAD_CHUNK_BYTES", 2 * 300 * 7)  # 7 rows per chunk: 8 chunks
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 300, bias=bias)
+    rows0, targets = torch.randn(50, 32), torch.randint(0, 300, (50,))
+    state = {"head": head, "autocast": {"device_type": "cpu", "enabled": True, "dtype": torch.bfloat16}}
+
+    def run(fn):
+        head.zero_grad()
+        rows = rows0.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            lp, _ = fn(rows)
+        (lp * torch.arange(50)).sum().backward()
+        copies = {t.data_ptr() for t in saved if t.numel() == head.weight.numel() and t.dtype == torch.bfloat16}
+        grads = [rows.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
+        return lp, grads, len(copies)
+
+    def cast_per_chunk(rows):
+        lps = []
+        for i in range(0, 50, 7):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = torch.nn.functional.linear(rows[i : i + 7], head.weight, head.bias)
+            lps.append(tl.token_logprobs(logits, targets[i : i + 7])[0])
+        return torch.cat(lps), None
+
+    lp, grads, copies = run(lambda rows: tl.head_token_logprobs(rows, targets, state, False))
+    lp_ref, grads_ref, copies_ref = run(cast_per_chunk)
+    assert torch.equal(lp, lp_ref) and all(torch.equal(a, b) for a, b in zip(grads, grads_ref))
+    assert copies == 1 and copies_ref == 8

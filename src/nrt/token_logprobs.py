@@ -10,11 +10,14 @@ Two pieces, used by `nrt.sequences.completion_logprobs`:
 - `lm_head_rows(model)`: a context in which the model's output layer returns its input, so a
   forward yields the final hidden states [N, H] of the kept positions instead of logits; then
   `head_token_logprobs` applies the output layer chunk by chunk (under the autocast state the
-  model ran with) and feeds each chunk of logits to `token_logprobs`. The [N, V] logits never
-  exist at once, in float32 or at all: no float32 copy of them (accelerate converts model
-  outputs to float32 under mixed precision), no float32 gradient of them. Only for a plain
-  `nn.Linear` output layer whose logits the model returns unchanged (checked once per model:
-  no soft-capping or scaling config, and the recomputed logits match the model's).
+  model ran with, the cast weight made once for all chunks) and feeds each chunk of logits to
+  `token_logprobs`. No float32 copy of the [N, V] logits is made (accelerate converts model
+  outputs to float32 under mixed precision), nor a float32 gradient of them; with gradients on,
+  each chunk's logits are kept for the backward in the autocast dtype, so [N, V] of those do
+  exist at once. Only for a plain `nn.Linear` output layer whose weight is whole on this
+  process (not sharded by FSDP or DeepSpeed ZeRO-3) and whose logits the model returns
+  unchanged (checked once per model: no soft-capping or scaling config, and the recomputed
+  logits match the model's).
 """
 
 from __future__ import annotations
@@ -80,6 +83,21 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bo
 
 
 # --------------------------------------------------------------------------- output layer
+class _SharedCast(torch.autograd.Function):
+    """`cast` (a lower-precision copy of `weight`) forward; backward, the gradient converted to
+    `weight`'s dtype, so each use's gradient is summed into `weight` in its own precision, exactly
+    as when autocast casts the weight anew for every use."""
+
+    @staticmethod
+    def forward(ctx, weight, cast):
+        ctx.dtype = weight.dtype
+        return cast.view_as(cast)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype), None
+
+
 def _unwrap(model):
     while hasattr(model, "module"):  # DDP / accelerate wrappers
         model = model.module
@@ -90,7 +108,7 @@ def _plain_head(model) -> torch.nn.Linear | None:
     """The model's output layer when logits = head(final hidden state) exactly, else None."""
     inner = _unwrap(model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear:
+    if type(head) is not torch.nn.Linear or not _full_local(head.weight):
         return None
     verdict = head.__dict__.get("_nrt_plain_head")
     if verdict is None:
@@ -99,6 +117,16 @@ def _plain_head(model) -> torch.nn.Linear | None:
         verdict = not scaled and _head_check(inner, head)
         head.__dict__["_nrt_plain_head"] = verdict
     return head if verdict else None
+
+
+def _full_local(weight: torch.Tensor) -> bool:
+    """False for a weight that is sharded outside the model's forward (FSDP's DTensor or flat
+    parameter views, DeepSpeed ZeRO-3): the output layer can only be applied inside the forward."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(weight, DTensor) or hasattr(weight, "ds_id") or weight.dim() != 2:
+        return False
+    return weight.numel() > 0
 
 
 @torch.no_grad()
@@ -150,12 +178,24 @@ def head_token_logprobs(rows: torch.Tensor, targets: torch.Tensor, head_state: d
     head_state is None), the output layer applied chunk by chunk."""
     if head_state is None:
         return token_logprobs(rows, targets, with_entropy)
-    head = head_state["head"]
+    head, autocast = head_state["head"], head_state["autocast"]
+    weight, bias = head.weight, head.bias
+    dtype = autocast["dtype"] if autocast["enabled"] else None
+    if dtype is not None and weight.dtype in (torch.float32, torch.float64):
+        # as autocast would, in one copy shared by every chunk (a per-chunk cast would keep one copy
+        # per chunk for the backward); each chunk's weight gradient still reaches `weight` on its own
+        weight = weight.detach().to(dtype)
+        bias = None if bias is None else bias.detach().to(dtype)
     step = max(1, HEAD_CHUNK_BYTES // (2 * head.out_features))
     lps, ents = [], []
     for i in range(0, rows.shape[0], step):
-        with torch.autocast(**head_state["autocast"]):  # the layer's own forward is the identity here
-            logits = torch.nn.functional.linear(rows[i : i + step], head.weight, head.bias)
+        if weight is head.weight:  # no cast needed
+            with torch.autocast(**autocast):  # the layer's own forward is the identity here
+                logits = torch.nn.functional.linear(rows[i : i + step], weight, bias)
+        else:
+            with torch.autocast(autocast["device_type"], enabled=False):
+                logits = torch.nn.functional.linear(rows[i : i + step].to(dtype), _SharedCast.apply(head.weight, weight),
+                                                    None if bias is None else _SharedCast.apply(head.bias, bias))
         lp, ent = token_logprobs(logits, targets[i : i + step], with_entropy)
         lps.append(lp)
         ents.append(ent)
