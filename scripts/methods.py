@@ -7,8 +7,8 @@ the gym's multi-hop Q&A splits, with the same
 recipe for every method (no method is tuned: one learning rate, batch, K and step budget
 for all, and each run's best step is chosen on the gym's validation split):
 
-- healthy: from models/gym-base, whose sampled traces raise the reference answer's
-  likelihood at the start (positive reasoning gain, reported by `nrt gym pretrain`);
+- healthy: from models/gym-base, the demo's base, from which NRT learns to think (docs/RESULTS.md);
+  its reasoning gain at the start is slightly positive (`nrt gym pretrain` reports it);
 - collapse-prone: from a base pretrained on the same corpus for only WEAK_STEPS steps
   (built once into --output-dir), whose facts are not yet reliable, so its sampled traces
   lower the answer likelihood at the start (negative gain; GYM_NOTES section 3).
@@ -83,10 +83,11 @@ def answer_term_ablation(base: Path, data: Path, out: Path, seeds: list[int], he
             select="best", max_trace_tokens=48, include_base=False,
         )
         runs[variant] = run(exp)["runs"]
-    rows, means = [], {}
+    rows, means, per_seed = [], {}, {}
     for variant in ANSWER_TERMS:
+        runs[variant] = sorted(runs[variant], key=lambda r: r["seed"])
         acc = [r["eval"]["gym_test"]["accuracy"] for r in runs[variant]]
-        means[variant] = 100 * mean(acc)
+        means[variant], per_seed[variant] = 100 * mean(acc), acc
         last = [trace_lengths(str(directories[variant]), "nrt", r["seed"])[1] for r in runs[variant]]
         rows.append([f"`method.answer_loss={variant}`", fmt(*mean_std(acc), percent=True),
                      " / ".join(f"{100 * a:.1f}" for a in acc), fmt(*mean_std(last), digits=1),
@@ -97,7 +98,9 @@ def answer_term_ablation(base: Path, data: Path, out: Path, seeds: list[int], he
             f"signal of NRT_SPEC section 6; off: no answer term). Extra runs for `nrt` only, so this is an "
             f"ablation, not part of the equal-budget comparison.\n\n{table}\n\nAgainst the preset's fixed "
             f"answer term: " + ", ".join(f"{v} {means[v] - means['fixed']:+.1f} points" for v in ANSWER_TERMS[1:])
-            + " of mean test accuracy.\n")
+            + " of mean test accuracy; per seed, " + "; ".join(
+                f"{v} " + " / ".join(f"{100 * (a - b):+.1f}" for a, b in zip(per_seed[v], per_seed["fixed"]))
+                for v in ANSWER_TERMS[1:]) + " points.\n")
 
 
 def stop_on_collapse(base: Path, data: Path, out: Path) -> dict:
@@ -117,7 +120,7 @@ def stop_on_collapse(base: Path, data: Path, out: Path) -> dict:
     done = subprocess.run(argv, capture_output=True, text=True)
     lines = done.stderr.splitlines()
     first = next((i for i, line in enumerate(lines) if "policy collapse" in line), len(lines))
-    message = " ".join(line.strip() for line in lines[first:])  # the warning (wrapped) and the stop line
+    message = " ".join(line.strip() for line in lines[first:])  # the stop line
     kept = sorted(p.name for p in directory.glob("checkpoint-*"))
     result = {"command": " ".join(["nrt", *argv[3:]]), "exit_code": done.returncode, "stderr": message,
               "checkpoints_kept": kept}
@@ -189,8 +192,9 @@ def answers(results: dict[str, dict]) -> str:
         text += ("Runs that collapsed: " + ", ".join(collapsed) + "." if collapsed else "No run collapsed.")
         out.append(text)
     healthy = results.get("healthy")
-    if healthy and all(mean(accuracy(healthy, m)) > mean(accuracy(healthy, "nrt")) for m in ("verifree", "rlpr")):
-        out.append("\nThe two methods that beat `nrt` here are the two whose answer term does not train the "
+    beat_nrt = healthy and {m for m in METHODS if mean(accuracy(healthy, m)) > mean(accuracy(healthy, "nrt"))}
+    if beat_nrt == {"verifree", "rlpr"}:
+        out.append("\nIn the healthy setting, the two methods that beat `nrt` are the two whose answer term does not train the "
                    "reference answer after every trace: VeriFree weights it by the trace's reward, RLPR has "
                    "none. GYM_NOTES section 4 saw NRT with the answer term off beat NRT with it on, on an earlier "
                    "version of this world. Every preset above ran as specified; the next section measures "
@@ -224,7 +228,8 @@ runs to the end.
         figure = path.parent / f"methods_{name}.png"
         shutil.copy(out / name / "curves.png", figure)
         table = summary["report"].split("\n\n", 2)[2].split("\n\n![")[0]
-        gain = ", ".join(f"{t} {g['mean']:+.2f} ± {g['stderr']:.2f} nats" for t, g in summary["gain_train"].items()) or "not recorded"
+        gain = ", ".join(f"{t} {g['mean']:+.3f} ± {g['stderr']:.3f} nats (mean ± standard error over {g['questions']} "
+                         f"questions)" for t, g in summary["gain_train"].items()) or "not recorded"
         parts.append(f"## {titles[name]}\n\nBase model's reasoning gain on the training questions at the "
                      f"start (from its gym.json): {gain}.\n\n{table}\n\n![{name} curves]({figure.name})\n\n"
                      + "\n".join(f"- {line}" for line in findings(summary)) + "\n")
@@ -275,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"--settings: unknown setting {name!r} (valid: {', '.join(bases)})")
         if name == "collapse-prone":
             ensure_weak_base(bases[name])
+            worlds = [json.loads((b / "gym.json").read_text())["corpus_config"] for b in (base, bases[name])]
+            if worlds[0] != worlds[1]:
+                sys.exit(f"{bases[name]} was built on another gym world than {base}; delete it to rebuild")
         results[name] = setting(name, bases[name], data, out, seeds)
     stop = stop_on_collapse(bases["collapse-prone"], data, out) if "collapse-prone" in results else None
     ablation = answer_term_ablation(base, data, out, seeds, results["healthy"]) if "healthy" in results else None

@@ -96,7 +96,8 @@ def gain_sentence(pretrain_report: dict) -> str:
     """How `nrt gym pretrain` found NRT's premise on the training questions, for the results page."""
     gains = pretrain_report.get("reasoning_gain_train", {})
     return "".join(f"; its reasoning gain on the {task} training questions before any RL run was "
-                   f"{g['mean']:+.3f} ± {g['stderr']:.3f} nats ({g['samples']} sampled traces)"
+                   f"{g['mean']:+.3f} ± {g['stderr']:.3f} nats (mean ± standard error over "
+                   f"{g['questions']} questions x {g['traces_per_question']} sampled traces)"
                    for task, g in gains.items())
 
 
