@@ -233,3 +233,12 @@ def test_chunked_output_layer_under_autocast_equals_a_cast_per_chunk_and_keeps_o
     lp_ref, grads_ref, copies_ref = run(cast_per_chunk)
     assert torch.equal(lp, lp_ref) and all(torch.equal(a, b) for a, b in zip(grads, grads_ref))
     assert copies == 1 and copies_ref == 8
+
+
+def test_chunks_are_sized_by_device_type():
+    from nrt.token_logprobs import CHUNK_BYTES, DEVICE_CHUNK_BYTES, chunk_rows
+
+    vocab_row = 4 * 128_256  # one float32 row of a 128k vocabulary
+    assert chunk_rows(vocab_row, torch.device("cpu"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 4
+    assert chunk_rows(vocab_row, torch.device("cuda"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 523
+    assert chunk_rows(10**12, torch.device("cpu"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 1  # never 0

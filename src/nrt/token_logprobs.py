@@ -28,6 +28,14 @@ import torch
 
 CHUNK_BYTES = 2**21  # float32 logits per chunk of the softmax: small enough to stay in cache
 HEAD_CHUNK_BYTES = 2**24  # logits per chunk of the output layer's matmul (large enough for an efficient matmul)
+# On an accelerator, cache size does not matter and each chunk costs a kernel launch: far fewer,
+# larger chunks (a 128k vocabulary would otherwise give chunks of 4 and 65 rows).
+DEVICE_CHUNK_BYTES = DEVICE_HEAD_CHUNK_BYTES = 2**28
+
+
+def chunk_rows(bytes_per_row: int, device: torch.device, cpu_budget: int, device_budget: int) -> int:
+    """Rows per chunk: the byte budget of the device type over the bytes of one row (at least 1)."""
+    return max(1, (cpu_budget if device.type == "cpu" else device_budget) // bytes_per_row)
 _SCALING_ATTRIBUTES = ("final_logit_softcapping", "logit_softcapping", "logit_scale", "logits_scaling",
                        "output_multiplier_scale", "logit_scale_init_value")
 
@@ -36,7 +44,7 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, with_entropy: bool):
         n, v = logits.shape
-        rows = max(1, CHUNK_BYTES // (4 * v))
+        rows = chunk_rows(4 * v, logits.device, CHUNK_BYTES, DEVICE_CHUNK_BYTES)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         logprobs = logits.new_empty(n, dtype=dtype)
         lse = logits.new_empty(n, dtype=dtype)
@@ -60,7 +68,7 @@ class _TokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logprobs, grad_entropy):
         logits, targets, lse = ctx.saved_tensors
         n, v = logits.shape
-        rows = max(1, CHUNK_BYTES // (4 * v))
+        rows = chunk_rows(4 * v, logits.device, CHUNK_BYTES, DEVICE_CHUNK_BYTES)
         grad = torch.empty_like(logits)
         g = grad_logprobs.to(lse.dtype)
         work = torch.empty((min(rows, n), v), dtype=lse.dtype, device=logits.device)
@@ -186,7 +194,7 @@ def head_token_logprobs(rows: torch.Tensor, targets: torch.Tensor, head_state: d
         # per chunk for the backward); each chunk's weight gradient still reaches `weight` on its own
         weight = weight.detach().to(dtype)
         bias = None if bias is None else bias.detach().to(dtype)
-    step = max(1, HEAD_CHUNK_BYTES // (2 * head.out_features))
+    step = chunk_rows(2 * head.out_features, rows.device, HEAD_CHUNK_BYTES, DEVICE_HEAD_CHUNK_BYTES)
     lps, ents = [], []
     for i in range(0, rows.shape[0], step):
         if weight is head.weight:  # no cast needed
