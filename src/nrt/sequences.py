@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from nrt.cpu_attention import float32_attention
-from nrt.token_logprobs import _unwrap, head_token_logprobs, lm_head_rows, token_logprobs  # noqa: F401
+from nrt.token_logprobs import head_token_logprobs, lm_head_rows, unwrap
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _shared_prompt_logprobs(model, batch: PackedBatch, groups: torch.Tensor, hea
     b, c = batch.completion_ids.shape
     p = batch.input_ids.shape[1] - c
     first = torch.cat([groups.new_ones(1, dtype=torch.bool), groups[1:] != groups[:-1]]).nonzero().squeeze(1)
-    cache = DynamicCache(config=_unwrap(model).config)
+    cache = DynamicCache(config=unwrap(model).config)
     out = model(
         input_ids=batch.input_ids[first, :p],
         attention_mask=batch.attention_mask[first, :p],
@@ -156,7 +156,7 @@ def prompt_groups(batch: PackedBatch) -> torch.Tensor | None:
 
 def _full_attention_only(model) -> bool:
     """True for decoder models whose layers all attend to the whole prefix (no sliding window)."""
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     if config is None:
         return False
     config = config.get_text_config(decoder=True)

@@ -106,7 +106,7 @@ class _SharedCast(torch.autograd.Function):
         return grad.to(ctx.dtype), None
 
 
-def _unwrap(model):
+def unwrap(model):
     while hasattr(model, "module"):  # DDP / accelerate wrappers
         model = model.module
     return model
@@ -114,7 +114,7 @@ def _unwrap(model):
 
 def _plain_head(model) -> torch.nn.Linear | None:
     """The model's output layer when logits = head(final hidden state) exactly, else None."""
-    inner = _unwrap(model)
+    inner = unwrap(model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear or not _full_local(head.weight):
         return None
