@@ -81,7 +81,7 @@ def load_text_corpus(path: str) -> list[str]:
 
 
 def gym_documents(cfg: PretrainConfig, sample_tokens):
-    """(documents, tokenizer, corpus config): enough gym documents for `steps` batches; the
+    """(documents, tokenizer, corpus): enough gym documents for `steps` batches; the
     tokenizer is trained on a first sample, which also measures the tokens per document."""
     corpus = C.Corpus(C.CorpusConfig(seed=cfg.seed, tasks=tuple(cfg.tasks), **cfg.corpus_options))
     docs = corpus.documents(min(20000, max(2000, cfg.steps * cfg.batch_tokens // 20)))
@@ -89,7 +89,7 @@ def gym_documents(cfg: PretrainConfig, sample_tokens):
     sample = docs[:4000]
     mean = sum(len(x) for x in tok(sample, add_special_tokens=False)["input_ids"]) / len(sample)
     need = int(cfg.steps * cfg.batch_tokens / mean * 0.97) + 1
-    return docs + corpus.documents(max(0, need - len(docs))), tok, asdict(corpus.cfg)
+    return docs + corpus.documents(max(0, need - len(docs))), tok, corpus
 
 
 def pack_rows(ids: list[list[int]], row_length: int, rng: random.Random, open_rows: int = 8) -> list[list[list[int]]]:
@@ -158,12 +158,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> Path:
     def fit_tokenizer(docs):
         return train_tokenizer(docs[:50000], vocab_size=cfg.vocab_size)
 
-    corpus_config = None
+    corpus = None
     if cfg.corpus:
         docs = load_text_corpus(cfg.corpus)
         tok = fit_tokenizer(docs)
     else:
-        docs, tok, corpus_config = gym_documents(cfg, fit_tokenizer)
+        docs, tok, corpus = gym_documents(cfg, fit_tokenizer)
     ids = []
     for row in tok(docs, add_special_tokens=False)["input_ids"]:
         ids.extend(row[s:s + cfg.max_length] for s in range(0, len(row), cfg.max_length))
@@ -214,11 +214,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> Path:
                                                bos_token_id=None, do_sample=False)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    info = {"config": asdict(cfg), "corpus_config": corpus_config, "documents": len(docs), "tokens_seen": seen_tokens,
+    info = {"config": asdict(cfg), "corpus_config": asdict(corpus.cfg) if corpus else None, "documents": len(docs),
+            "tokens_seen": seen_tokens,
             "parameters": n_params, "vocab_size": len(tok), "wall_s": round(time.time() - t0, 1),
             "response_start_id": tok.convert_tokens_to_ids(RESPONSE_START), "loss_curve": curve}
-    if corpus_config is not None:
-        info["reasoning_gain_train"] = train_reasoning_gain(model, tok, corpus_config, cfg.seed, log)
+    if corpus is not None:
+        info["reasoning_gain_train"] = train_reasoning_gain(model, tok, corpus.items, cfg.seed, log)
     (out / "gym.json").write_text(json.dumps(info, indent=1))
     log(f"saved {out} ({info['wall_s']}s)")
     return out
@@ -228,8 +229,9 @@ GAIN_TRACES = 4  # sampled traces per question for the premise check
 TRACE_TOKENS = {"multihop": 48}  # the longest trace a task needs; others: 200 (arithmetic traces are long)
 
 
-def train_reasoning_gain(model, tok, corpus_config: dict, seed: int, log=print, questions: int = 512) -> dict:
-    """NRT's premise, checked before any RL run: per task, the mean reasoning gain (answer
+def train_reasoning_gain(model, tok, items: dict, seed: int, log=print, questions: int = 512) -> dict:
+    """NRT's premise, checked before any RL run: for each task of `items` (a Corpus's
+    task -> split -> items), the mean reasoning gain (answer
     log-likelihood after a sampled trace minus without one, nats; `nrt.gym.probe.reasoning_gain`,
     GAIN_TRACES traces per question) over the task's *training* questions (at most `questions`).
     Its standard error is taken over per-question means (a question's traces share its no-trace
@@ -238,13 +240,11 @@ def train_reasoning_gain(model, tok, corpus_config: dict, seed: int, log=print, 
     positive (GYM_NOTES 3); under two standard errors from 0 the verdict is "inconclusive"."""
     from nrt.gym.probe import reasoning_gains
 
-    fields = dict(corpus_config, tasks=tuple(corpus_config["tasks"]), groups=tuple(corpus_config["groups"]))
-    items = C.Corpus(C.CorpusConfig(**fields)).items
     model.eval()
     torch.manual_seed(seed)
     report = {}
     with torch.no_grad():
-        for task in fields["tasks"]:
+        for task in items:
             train = items[task]["train"]
             sample = random.Random(seed).sample(train, min(questions, len(train)))
             gains = reasoning_gains(model, tok, sample, k=GAIN_TRACES, max_new_tokens=TRACE_TOKENS.get(task, 200))
