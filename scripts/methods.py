@@ -28,6 +28,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from nrt.demo import ensure_base
 from nrt.experiments import EvalFile, Experiment, run
 
 METHODS = ["nrt", "nrt-ws-inverse-prob", "nrt-geometric-mean", "jlb", "verifree", "rlpr", "sft"]
@@ -40,24 +41,19 @@ RECIPE = [  # every method, every setting
 ]
 
 
-def ensure_weak_base(path: Path) -> Path:
-    if (path / "model.safetensors").is_file():
-        return path
-    from nrt.gym.pretrain import PretrainConfig, pretrain
-
-    print(f"pretraining the collapse-prone base ({WEAK_STEPS} steps) into {path}")
-    pretrain(PretrainConfig(output_dir=str(path), tasks=("multihop",), steps=WEAK_STEPS))
-    return path
+def gym_experiment(base: Path, data: Path, output_dir: Path, methods: list[str], seeds: list[int],
+                   extra: tuple[str, ...] = (), include_base: bool = True) -> Experiment:
+    """The recipe on the gym's multi-hop splits: train, validation-selected, evaluated on test."""
+    return Experiment(
+        base_model=str(base), train_data=str(data / "train.jsonl"), output_dir=output_dir, methods=methods,
+        seeds=seeds, eval_sets=[EvalFile("gym_test", str(data / "test.jsonl"))],
+        validation_data=str(data / "validation.jsonl"), overrides=[*RECIPE, *extra], select="best",
+        max_trace_tokens=48, include_base=include_base,
+    )
 
 
 def setting(name: str, base: Path, data: Path, out: Path, seeds: list[int]) -> dict:
-    exp = Experiment(
-        base_model=str(base), train_data=str(data / "train.jsonl"), output_dir=out / name, methods=METHODS,
-        seeds=seeds, eval_sets=[EvalFile("gym_test", str(data / "test.jsonl"))],
-        validation_data=str(data / "validation.jsonl"), overrides=RECIPE, select="best", max_trace_tokens=48,
-    )
-    summary = run(exp)
-    summary["report"] = (out / name / "report.md").read_text()
+    summary = run(gym_experiment(base, data, out / name, METHODS, seeds))
     summary["output_dir"] = str(out / name)
     summary["gain_train"] = json.loads((base / "gym.json").read_text()).get("reasoning_gain_train", {})
     return summary
@@ -76,12 +72,8 @@ def answer_term_ablation(base: Path, data: Path, out: Path, seeds: list[int], he
     directories = {"fixed": out / "healthy"}
     for variant in ANSWER_TERMS[1:]:
         directories[variant] = out / f"healthy-answer-{variant}"
-        exp = Experiment(
-            base_model=str(base), train_data=str(data / "train.jsonl"), output_dir=directories[variant],
-            methods=["nrt"], seeds=seeds, eval_sets=[EvalFile("gym_test", str(data / "test.jsonl"))],
-            validation_data=str(data / "validation.jsonl"), overrides=[*RECIPE, f"method.answer_loss={variant}"],
-            select="best", max_trace_tokens=48, include_base=False,
-        )
+        exp = gym_experiment(base, data, directories[variant], ["nrt"], seeds,
+                             extra=(f"method.answer_loss={variant}",), include_base=False)
         runs[variant] = run(exp)["runs"]
     rows, means, per_seed = [], {}, {}
     for variant in ANSWER_TERMS:
@@ -227,11 +219,10 @@ runs to the end.
         summary = results[name]
         figure = path.parent / f"methods_{name}.png"
         shutil.copy(out / name / "curves.png", figure)
-        table = summary["report"].split("\n\n", 2)[2].split("\n\n![")[0]
         gain = ", ".join(f"{t} {g['mean']:+.3f} ± {g['stderr']:.3f} nats (mean ± standard error over {g['questions']} "
                          f"questions)" for t, g in summary["gain_train"].items()) or "not recorded"
         parts.append(f"## {titles[name]}\n\nBase model's reasoning gain on the training questions at the "
-                     f"start (from its gym.json): {gain}.\n\n{table}\n\n![{name} curves]({figure.name})\n\n"
+                     f"start (from its gym.json): {gain}.\n\n{summary['table']}\n\n![{name} curves]({figure.name})\n\n"
                      + "\n".join(f"- {line}" for line in findings(summary)) + "\n")
     parts.append(answers(results))
     if ablation:
@@ -279,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         if name not in bases:
             sys.exit(f"--settings: unknown setting {name!r} (valid: {', '.join(bases)})")
         if name == "collapse-prone":
-            ensure_weak_base(bases[name])
+            ensure_base(bases[name], tasks=("multihop",), steps=WEAK_STEPS)
             worlds = [json.loads((b / "gym.json").read_text())["corpus_config"] for b in (base, bases[name])]
             if worlds[0] != worlds[1]:
                 sys.exit(f"{bases[name]} was built on another gym world than {base}; delete it to rebuild")

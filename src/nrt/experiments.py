@@ -161,5 +161,6 @@ def write_report(exp: Experiment, summary: dict) -> Path:
             f"{'validation-selected' if exp.select == 'best' else 'final'} models.\n\n{table}\n\n"
             f"![curves]({curves.name})\n")
     (out / "report.md").write_text(text)
+    summary["table"] = table  # for pages that quote it (docs/RESULTS.md, docs/METHODS.md)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return out / "report.md"
