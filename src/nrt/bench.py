@@ -193,14 +193,14 @@ def peak_rss_mb() -> float:
 # --------------------------------------------------------------------------- the run
 def step_work(trainer, questions, trace_length_mean: float) -> dict:
     """Tokens of one step's work on this process (see the module docstring)."""
-    from nrt.sequences import _full_attention_only
+    from nrt.sequences import full_attention_only
 
     k = trainer.k
     prompts = [len(q.example.prompt_ids) for q in questions]
     answers = [len(q.example.answer_ids) for q in questions]
     sampled = trace_length_mean * k * len(questions)
     completions = sampled + k * sum(a + 1 for a in answers)  # trace, <|response_start|>, answer
-    shared = _full_attention_only(trainer.model)  # completion_logprobs runs a group's prompt once
+    shared = full_attention_only(trainer.model)  # completion_logprobs runs a group's prompt once
     return {
         "sampled_tokens": sampled,
         "prefill_tokens": sum(prompts),

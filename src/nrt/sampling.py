@@ -21,6 +21,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from nrt.cpu_attention import NAME as FLOAT32_SDPA
 from nrt.cpu_attention import attention_implementation, float32_attention, uses_float32_attention
+from nrt.sequences import full_attention_only
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -75,11 +76,10 @@ class _PreallocatedLayer(DynamicLayer):
 
 def _decoding_cache(model, capacity: int, dtype: torch.dtype | None = None) -> Cache:
     """Preallocated full-attention layers; transformers' own cache for anything else (sliding windows...)."""
-    config = model.config.get_text_config(decoder=True)
-    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-    if getattr(config, "sliding_window", None) or any(t != "full_attention" for t in layer_types):
+    if not full_attention_only(model):
         return DynamicCache(config=model.config)
-    return Cache(layers=[_PreallocatedLayer(capacity, dtype) for _ in layer_types])
+    layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    return Cache(layers=[_PreallocatedLayer(capacity, dtype) for _ in range(layers)])
 
 
 GROUPED = "nrt_grouped_decode"
@@ -151,13 +151,10 @@ def _grouped_decoding_supported(model) -> bool:
     if next(model.parameters()).device.type != "cpu":
         return False
     config = model.config
-    text = config.get_text_config(decoder=True)
-    layer_types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
     return (
         getattr(config, "model_type", None) in _GROUPED_MODEL_TYPES
         and getattr(config, "_attn_implementation", None) in ("sdpa", FLOAT32_SDPA)
-        and not getattr(text, "sliding_window", None)
-        and all(t == "full_attention" for t in layer_types)
+        and full_attention_only(model)
     )
 
 

@@ -69,7 +69,7 @@ def completion_logprobs(model, batch: PackedBatch, with_entropy: bool = False, *
     with float32_attention(model, enabled=attention_in_float32):
         if not fused:
             return _completion_logprobs_reference(model, batch, with_entropy)
-        groups = prompt_groups(batch) if share_prompts and _full_attention_only(model) else None
+        groups = prompt_groups(batch) if share_prompts and full_attention_only(model) else None
         with lm_head_rows(model, enabled=fuse_head) as head:
             if groups is not None:
                 return _shared_prompt_logprobs(model, batch, groups, head, with_entropy)
@@ -154,7 +154,7 @@ def prompt_groups(batch: PackedBatch) -> torch.Tensor | None:
     return starts.cumsum(0) - 1
 
 
-def _full_attention_only(model) -> bool:
+def full_attention_only(model) -> bool:
     """True for decoder models whose layers all attend to the whole prefix (no sliding window)."""
     config = getattr(unwrap(model), "config", None)
     if config is None:
