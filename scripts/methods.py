@@ -253,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--doc", default="docs/METHODS.md")
     p.add_argument("--settings", default="healthy,collapse-prone")
     args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
     out = Path(args.output_dir)
     base = Path(args.base)
     if not (base / "gym.json").is_file():

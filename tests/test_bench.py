@@ -103,3 +103,20 @@ def test_without_fixed_length_traces_may_stop_early():
         main([*TINY, "--steps", "1", "--warmup", "0", "--think", "40"])
     r = json.loads(out.getvalue())
     assert 0 < r["sampled_tokens"] <= 3 * 2 * 40
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--think", "0"], "--think must be at least 1, got 0"),
+    (["--prompts", "5", "--micro-prompts", "2"], "--prompts 5 is not a multiple of --micro-prompts 2"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+])
+def test_bad_options_are_one_line_usage_errors(options, message, capsys):
+    from nrt.cli import USAGE_ERROR
+    from nrt.cli import main as nrt_main
+
+    assert nrt_main(["bench", *options]) == USAGE_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err == f"nrt bench: error: {message}"
+    with pytest.raises(SystemExit) as exit_info:  # python -m nrt.bench: argparse's usage error
+        main(options)
+    assert exit_info.value.code == USAGE_ERROR and message in capsys.readouterr().err

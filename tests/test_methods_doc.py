@@ -57,3 +57,10 @@ def test_no_answer_term_sentence_when_nrt_wins(methods, tmp_path):
     text = methods.answers({"healthy": fake_summary(tmp_path, methods, accuracy, collapse={})})
     assert "beats `sft`, `jlb`, `verifree`, `rlpr`." in text and "No run collapsed." in text
     assert "answer term" not in text
+
+
+def test_bad_seeds_are_a_one_line_usage_error(methods, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        methods.main(["--seeds", "0,x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("error: --seeds '0,x': expected comma-separated integers")

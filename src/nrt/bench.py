@@ -104,9 +104,7 @@ def bf16_supported() -> bool:
 def bench_config(args):
     from nrt.config import Config
 
-    if args.micro_prompts and args.prompts % args.micro_prompts:
-        raise ValueError(f"--prompts {args.prompts} is not a multiple of --micro-prompts {args.micro_prompts}")
-
+    check_arguments(args)
     config = Config()
     t = config.trainer
     t.output_dir = os.devnull  # the bench never saves
@@ -315,7 +313,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-rss", action="store_true", help="also list the RSS (MB) after every timed step")
 
 
+POSITIVE = ("hidden", "layers", "vocab", "prompts", "generations", "think", "prompt_tokens", "answer_tokens", "steps")
+
+
+def check_arguments(args) -> None:
+    """Bad options as one-line ValueErrors naming the option, before anything is built."""
+    for name in POSITIVE:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("warmup", "micro_prompts", "threads"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
+    if args.vocab < 4:
+        raise ValueError(f"--vocab {args.vocab}: needs at least 4 tokens (3 special tokens and one word)")
+    if args.micro_prompts and args.prompts % args.micro_prompts:
+        raise ValueError(f"--prompts {args.prompts} is not a multiple of --micro-prompts {args.micro_prompts}")
+
+
 def run_command(args) -> None:
+    try:
+        check_arguments(args)
+    except ValueError as e:
+        from nrt.cli import fail
+
+        fail(str(e))
     print(json.dumps(run_bench(args)), flush=True)
 
 
@@ -330,7 +351,12 @@ def add_bench(subparsers) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="nrt bench", description=__doc__.splitlines()[0])
     add_arguments(p)
-    run_command(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        check_arguments(args)
+    except ValueError as e:
+        p.error(str(e))  # one line, exit code 2
+    print(json.dumps(run_bench(args)), flush=True)
 
 
 if __name__ == "__main__":
