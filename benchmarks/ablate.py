@@ -51,6 +51,8 @@ VARIANTS = {
     # nrt.cpu_attention: attention in bfloat16 under autocast (torch's CPU kernel), decoding and training
     "no_float32_attention": lambda: _both(patched(trainer_module, "sample_traces", attention_in_float32=False),
                                           patched(trainer_module, "completion_logprobs", attention_in_float32=False)),
+    # trainer.torch_compile on: compiled decoder layers and decoding step (`nrt.decode_step`); < 1 when it pays
+    "torch_compile": contextlib.nullcontext,
     # everything above off at once: the step as it was before this work (transformers' cache, full logits)
     "none": lambda: _both(patched(trainer_module, "sample_traces", preallocate_cache=False, share_prompt_cache=False,
                                   attention_in_float32=False),
@@ -66,6 +68,7 @@ def fused_adamw(trainer) -> None:
 
 SETUPS = {"proposed_fused_adamw": fused_adamw}  # variants that change the trainer once, not a call
 VARIANTS["proposed_fused_adamw"] = contextlib.nullcontext
+BUILT_WITH = {"torch_compile": {"compile": True}}  # variants built from other `nrt bench` options
 
 
 @contextlib.contextmanager
@@ -86,7 +89,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     args.steps = args.rounds
-    trainers = {v: build_trainer(args)[0] for v in args.variants}
+    trainers = {v: build_trainer(argparse.Namespace(**{**vars(args), **BUILT_WITH.get(v, {})}))[0]
+                for v in args.variants}
     for v, trainer in trainers.items():
         SETUPS.get(v, lambda _: None)(trainer)
     times = {v: {"step": [], "generate": [], "score": [], "update": []} for v in args.variants}

@@ -40,6 +40,8 @@ def main(argv=None):
                   pad_token_id=0, seeds=list(range(args.prompts)), min_new_tokens=args.think)
     variants = {
         "all": dict(),
+        "hf_forward": dict(lean_step=False),
+        "compiled": dict(compile=True),
         "dynamic": dict(preallocate_cache=False, share_prompt_cache=False),
         "preallocated": dict(share_prompt_cache=False),
         "bf16_attention": dict(attention_in_float32=False),

@@ -103,7 +103,7 @@ def test_token_logprobs_matches_autograd_log_softmax_in_float64():
     torch.testing.assert_close(ours, logits.grad, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("switch", ["preallocate_cache", "attention_in_float32", "share_prompt_cache"])
+@pytest.mark.parametrize("switch", ["preallocate_cache", "attention_in_float32", "share_prompt_cache", "lean_step"])
 def test_sample_traces_each_optimisation_off_gives_the_same_traces(switch):
     model = lively(tiny_llama(64, hidden=32, layers=2, seed=1).double(), std=0.4).eval()
     prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]]
@@ -143,7 +143,7 @@ def bench_args(**kw):
 
     args = dict(hidden=64, layers=2, vocab=256, prompts=4, micro_prompts=0, generations=4, think=10,
                 prompt_tokens=6, answer_tokens=4, steps=2, warmup=0, seed=3, fixed_length=False,
-                dtype="float32", threads=0, trace_rss=False)
+                dtype="float32", threads=0, trace_rss=False, compile=False)
     args.update(kw)
     return Namespace(**args)
 
@@ -242,3 +242,115 @@ def test_chunks_are_sized_by_device_type():
     assert chunk_rows(vocab_row, torch.device("cpu"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 4
     assert chunk_rows(vocab_row, torch.device("cuda"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 523
     assert chunk_rows(10**12, torch.device("cpu"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 1  # never 0
+
+
+# --------------------------------------------------------------------------- the lean and the compiled decoding step
+def tiny_family(model_type: str, seed: int = 0):
+    """A float64 model of each family `nrt.decode_step` supports: GQA (4 query heads, 2 kv heads),
+    qwen2's q/k/v biases and qwen3's per-head q/k norms included."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = {"sliding_window": None} if model_type == "mistral" else {}
+    config = AutoConfig.for_model(
+        model_type, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=1, pad_token_id=0, **extra,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 or name.endswith("bias"):
+                p.normal_(0, 0.4)
+    return model.eval()
+
+
+FAMILY_ARGS = dict(num_generations=4, max_new_tokens=12, stop_token_ids=[1, 2, 9, 17], pad_token_id=0,
+                   seeds=[5, 6, 7])
+FAMILY_PROMPTS = [[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
+def test_decode_step_samples_what_the_models_own_forward_samples(model_type):
+    from nrt.decode_step import supports
+    from nrt.sampling import _grouped_decoding_supported
+
+    model = tiny_family(model_type)
+    assert _grouped_decoding_supported(model) and supports(model)  # the lean step is really taken
+    lean = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
+    forward = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, lean_step=False)
+    assert lean == forward
+    assert len({len(t) for t in lean}) > 2  # rows stopped at different steps: the dropped-row path ran
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+def test_compiled_decoding_gives_the_same_traces_in_float64(model_type):
+    model = tiny_family(model_type, seed=1)
+    eager = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
+    compiled = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, compile=True)
+    assert compiled == eager
+    assert len({len(t) for t in eager}) > 2
+
+
+def test_compiled_decoding_logits_within_float32_rounding():
+    from nrt.decode_step import compiled_decode_step, decode_step
+
+    model = tiny_family("qwen2", seed=2).float()
+    g = torch.Generator().manual_seed(0)
+    b, hkv, d, groups, prompt, capacity = 6, 2, 8, 3, 4, 5
+    prefix_keys = [torch.randn(groups, hkv, prompt, d, generator=g) for _ in range(2)]
+    prefix_values = [torch.randn(groups, hkv, prompt, d, generator=g) for _ in range(2)]
+    mask = torch.tensor([[True] * 4, [False, True, True, True], [False, False, True, True]])
+    rows = torch.tensor([0, 1, 2, 3, 5, 4])  # 2 rows per group, one group's rows swapped
+    outputs = []
+    initial = torch.randn(b, hkv, capacity, d, generator=torch.Generator().manual_seed(1))
+    for step in (decode_step, compiled_decode_step()):
+        keys = [initial.clone() for _ in range(2)]
+        values = [torch.randn(b, hkv, capacity, d, generator=torch.Generator().manual_seed(2)) for _ in range(2)]
+        tokens, positions = torch.arange(3, 3 + b), torch.full((b, 1), 7)
+        outputs.append(step(model, tokens, positions, torch.tensor([2]), 3, prefix_keys, prefix_values, mask, 2,
+                            rows, keys, values))
+        outputs.append(torch.stack(keys))
+    torch.testing.assert_close(outputs[2], outputs[0], rtol=1e-5, atol=1e-5)  # logits
+    torch.testing.assert_close(outputs[3], outputs[1], rtol=1e-5, atol=1e-6)  # the cache column written
+    for layer in range(2):  # column 2 (index 2) written, the others untouched
+        assert not torch.equal(outputs[1][layer][:, :, 2], initial[:, :, 2])
+        assert torch.equal(outputs[1][layer][:, :, [0, 1, 3, 4]], initial[:, :, [0, 1, 3, 4]])
+
+
+def test_torch_compile_training_steps_match_eager_in_float32():
+    eager, _, _ = build_trainer(bench_args())
+    compiled, _, _ = build_trainer(bench_args(compile=True))
+    for _ in range(2):
+        a, b = eager.train_step(), compiled.train_step()
+        for key in ("reward_mean", "reward_std", "answer_logprob", "answer_logprob_no_trace", "trace_length_mean",
+                    "loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    inner = compiled.accelerator.unwrap_model(compiled.model)
+    assert all(layer._compiled_call_impl is not None for layer in inner.model.layers)
+
+
+def test_torch_compile_rewards_and_loss_under_bf16_within_tolerance_of_eager():
+    trainer, _, _ = build_trainer(bench_args(think=16, compile=True))
+    lively(trainer.model, std=0.05)
+    chunk = trainer.micro_batches(0)[0]
+    rollout = trainer.sample(chunk)  # the same traces for both
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        base = trainer.no_trace_logprobs(chunk)
+        out, scored = trainer.micro_batch_loss(rollout, chunk, base, None)
+        with torch.compiler.set_stance("force_eager"):
+            base_eager = trainer.no_trace_logprobs(chunk)
+            out_eager, scored_eager = trainer.micro_batch_loss(rollout, chunk, base_eager, None)
+    r, re_ = scored.stats["reward"], scored_eager.stats["reward"]
+    a, ae = scored.stats["answer_logprob"], scored_eager.stats["answer_logprob"]
+    assert ((r - re_).abs() / re_.abs()).max() <= 1e-2
+    assert ((a - ae).abs() / ae.abs()).max() <= 1e-3
+    assert abs(out.loss.item() - out_eager.loss.item()) <= 1e-3 * abs(out_eager.loss.item())
+    assert not torch.equal(a, ae)  # the compiled kernels really ran (they round differently)
+
+
+def test_torch_compile_needs_decoder_layers():
+    from nrt.trainer import compile_decoder_layers
+
+    with pytest.raises(ValueError, match="trainer.torch_compile: no decoder layers found in Linear"):
+        compile_decoder_layers(torch.nn.Linear(2, 2))

@@ -117,6 +117,7 @@ def bench_config(args):
     t.learning_rate = 1e-5
     t.warmup_ratio = 0.0
     t.bf16 = args.dtype == "bfloat16"
+    t.torch_compile = args.compile
     return config
 
 
@@ -310,6 +311,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                    help="autocast dtype; auto picks bfloat16 where the CPU/GPU supports it natively")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--compile", action="store_true",
+                   help="trainer.torch_compile: compiled decoder layers and decoding step (compiled in the warm-up)")
     p.add_argument("--trace-rss", action="store_true", help="also list the RSS (MB) after every timed step")
 
 

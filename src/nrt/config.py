@@ -77,6 +77,10 @@ class TrainerConfig:
     epsilon_high: float = opt(0.28, "CISPO clip: ratio ceiling 1 + epsilon_high")
     beta: float = opt(0.0, "KL coefficient against the initial model (recipe 0: no reference model is loaded)")
     bf16: bool = opt(False, "bfloat16 autocast (faster on CPUs with bf16 matmuls and on GPUs)")
+    torch_compile: bool = opt(
+        False, "torch.compile the decoder layers (training forward/backward) and the decoding step; "
+        "compiling takes ~30-60 s on a CPU, so it pays on long runs (docs/PERFORMANCE.md)"
+    )
     logging_steps: int = opt(1, "write metrics every N steps")
     save_steps: int = opt(100, "save a checkpoint every N steps")
     save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 keeps all)")

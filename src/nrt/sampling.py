@@ -21,6 +21,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from nrt.cpu_attention import NAME as FLOAT32_SDPA
 from nrt.cpu_attention import attention_implementation, float32_attention, uses_float32_attention
+from nrt.decode_step import SUPPORTED_MODEL_TYPES, compiled_decode_step, decode_step, grouped_attention
+from nrt.decode_step import supports as decode_step_supports
 from nrt.sequences import full_attention_only
 
 
@@ -83,7 +85,6 @@ def _decoding_cache(model, capacity: int, dtype: torch.dtype | None = None) -> C
 
 
 GROUPED = "nrt_grouped_decode"
-_GROUPED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # standard attention: q/k/v, rotary, GQA
 
 
 @dataclass
@@ -106,38 +107,18 @@ class SharedPrefix:
 
 def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, nrt_shared_prefix=None,
                              **kwargs):
-    """Attention of one new token per row [B, H, 1, D] over its group's prompt and its own trace.
-
-    The prompt part is one matmul per (group, kv head) over the K rows' queries, reading the
-    prompt's keys/values once per group; the trace part (key/value [B, H_kv, T, D] from this
-    row's own cache) is per row; one float32 softmax over both.
-    """
+    """transformers' attention interface over `nrt.decode_step.grouped_attention`: one new token
+    per row [B, H, 1, D] attending to its group's prompt (the SharedPrefix) and its own trace
+    (key/value [B, H_kv, T, D] from this row's cache), in float32 on the CPU."""
     prefix = nrt_shared_prefix
     if prefix is None or query.shape[2] != 1:
         raise ValueError("grouped_decode_attention decodes one token per row with a SharedPrefix")
     layer = module.layer_idx
-    pk, pv = prefix.keys[layer], prefix.values[layer]  # [G, Hkv, P, D]
-    g, hkv, p, d = pk.shape
-    b, hq = query.shape[0], query.shape[1]
-    rep, k, rows = hq // hkv, prefix.k, prefix.rows
-    scale = scaling if scaling is not None else d**-0.5
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     with torch.autocast(query.device.type, enabled=False):
-        q = query.to(pk.dtype).reshape(b, hkv, rep, d) * scale
-        slots = q.new_zeros((g * k, hkv, rep, d))
-        slots[rows] = q
-        slots = slots.view(g, k, hkv, rep, d).transpose(1, 2).reshape(g, hkv, k * rep, d)
-        prompt_scores = torch.matmul(slots, pk.transpose(-1, -2))  # [G, Hkv, K*rep, P]
-        prompt_scores = prompt_scores.masked_fill(~prefix.mask[:, None, None, :], float("-inf"))
-        prompt_scores = prompt_scores.view(g, hkv, k, rep, p).transpose(1, 2).reshape(g * k, hkv, rep, p)[rows]
-        trace_scores = torch.matmul(q, key.to(pk.dtype).transpose(-1, -2))  # [B, Hkv, rep, T]
-        probs = torch.cat([prompt_scores, trace_scores], dim=-1).float().softmax(-1).to(pv.dtype)
-        out = torch.matmul(probs[..., p:], value.to(pv.dtype))  # [B, Hkv, rep, D]
-        prompt_probs = probs.new_zeros((g * k, hkv, rep, p))
-        prompt_probs[rows] = probs[..., :p]
-        prompt_probs = prompt_probs.view(g, k, hkv, rep, p).transpose(1, 2).reshape(g, hkv, k * rep, p)
-        prompt_out = torch.matmul(prompt_probs, pv)  # [G, Hkv, K*rep, D]
-        out = out + prompt_out.view(g, hkv, k, rep, d).transpose(1, 2).reshape(g * k, hkv, rep, d)[rows]
-    return out.reshape(b, 1, hq, d).to(query.dtype), None
+        out = grouped_attention(query, key, value, prefix.keys[layer], prefix.values[layer], prefix.mask, prefix.k,
+                                prefix.rows, scale)
+    return out.transpose(1, 2).to(query.dtype), None
 
 
 AttentionInterface.register(GROUPED, grouped_decode_attention)
@@ -152,10 +133,17 @@ def _grouped_decoding_supported(model) -> bool:
         return False
     config = model.config
     return (
-        getattr(config, "model_type", None) in _GROUPED_MODEL_TYPES
+        getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
         and getattr(config, "_attn_implementation", None) in ("sdpa", FLOAT32_SDPA)
         and full_attention_only(model)
     )
+
+
+def eager_layers():
+    """Within the block compiled functions run eagerly: the model's forward here updates a cache
+    through Python-side lengths, which torch.compile would specialise on (a recompilation per
+    token) if the trainer compiled the decoder layers (`trainer.torch_compile`)."""
+    return torch.compiler.set_stance("force_eager")
 
 
 def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -197,6 +185,8 @@ def sample_traces(
     preallocate_cache: bool = True,
     attention_in_float32: bool = True,
     share_prompt_cache: bool = True,
+    lean_step: bool = True,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Sample `num_generations` continuations per prompt; rows are group-major (q*K + k).
 
@@ -209,19 +199,23 @@ def sample_traces(
     CPU, attention runs in float32 with a float32 cache (`nrt.cpu_attention`) unless
     `attention_in_float32=False`. With `share_prompt_cache` (and a supported model: see
     `_grouped_decoding_supported`) the K rows of a group read one copy of their prompt's keys
-    and values instead of K copies (`grouped_decode_attention`).
+    and values instead of K copies; each token is then decoded by `nrt.decode_step.decode_step`
+    for transformers' own model classes (the same computation as the model's forward with
+    `grouped_decode_attention`, which `lean_step=False` and other models use), under
+    torch.compile with `compile=True`.
     """
     float32_cache = attention_in_float32 and uses_float32_attention(model)
     grouped = share_prompt_cache and preallocate_cache and num_generations > 1 and _grouped_decoding_supported(model)
     with float32_attention(model, enabled=attention_in_float32):
         return _sample(
             model, prompts, num_generations, max_new_tokens, stop_token_ids, pad_token_id, seeds, temperature,
-            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped,
+            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped, lean_step, compile,
         )
 
 
 def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad_token_id, seeds, temperature,
-            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped) -> list[list[int]]:
+            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped, lean_step,
+            compile) -> list[list[int]]:
     k = num_generations
     device = next(model.parameters()).device
     q, n = len(prompts), len(prompts) * num_generations
@@ -246,14 +240,15 @@ def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad
     else:
         cache = DynamicCache(config=model.config)
     full_mask = full_mask.to(device)
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=full_mask[:, :width],
-        position_ids=positions.to(device),
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    with eager_layers():
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=full_mask[:, :width],
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     extra = {}
     if grouped:
         prefix = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
@@ -265,6 +260,12 @@ def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad
     full_mask = full_mask.repeat_interleave(k, 0)
     next_position = positions[:, -1:].to(device).repeat_interleave(k, 0) + 1
 
+    lean = grouped and lean_step and decode_step_supports(model)
+    if lean:  # each row's trace keys/values in fixed buffers (`nrt.decode_step`)
+        prefix = extra["nrt_shared_prefix"]
+        trace_keys = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.keys]
+        trace_values = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.values]
+        step = compiled_decode_step() if compile else decode_step
     sampled = torch.full((n, steps), -1, dtype=torch.long, device=device)  # -1 after a row stopped
     active = torch.arange(n, device=device)  # original row of each row still decoding
     stop = torch.tensor(stop_token_ids, device=device)
@@ -282,12 +283,21 @@ def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad
             if not running.any():
                 break
             keep = running.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
+            if lean:
+                trace_keys, trace_values = [x[keep] for x in trace_keys], [x[keep] for x in trace_values]
+            else:
+                cache.batch_select_indices(keep)
             active, tokens, full_mask, next_position = active[keep], tokens[keep], full_mask[keep], next_position[keep]
             if grouped:
                 extra["nrt_shared_prefix"] = extra["nrt_shared_prefix"].select(active)
         full_mask[:, width + t] = 1
-        with attention_implementation(model, GROUPED, grouped):
+        if lean:
+            prefix = extra["nrt_shared_prefix"]
+            logits = step(model, tokens, next_position, torch.tensor([t], device=device), t + 1, prefix.keys,
+                          prefix.values, prefix.mask, k, prefix.rows, trace_keys, trace_values)
+            next_position = next_position + 1
+            continue
+        with attention_implementation(model, GROUPED, grouped), eager_layers():
             logits = model(
                 input_ids=tokens[:, None],
                 attention_mask=None if grouped else full_mask[:, : width + t + 1],  # grouped: masks its prompt part

@@ -102,6 +102,23 @@ def make_accelerator(bf16: bool) -> Accelerator:
     return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=multi_process and not torch.cuda.is_available())
 
 
+def compile_decoder_layers(model) -> int:
+    """torch.compile each decoder layer in place (the classes the model lists in `_no_split_modules`,
+    transformers' own unit for sharding); returns how many. Parameter names and checkpoints are
+    unchanged. Shapes are specialised at the first call and made symbolic at the first change
+    (dynamo's default). A layer is compiled once per cache state it meets (the prompt pass of the
+    update fills the cache layer by layer), per grad mode and per shape kind: about a dozen
+    graphs, so dynamo's recompile limit (8 per function) is raised to 64."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"trainer.torch_compile: no decoder layers found in {type(model).__name__}")
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 class NRTTrainer:
     def __init__(self, config: Config, model, tokenizer, examples: list[TokenizedExample], accelerator=None,
                  eval_set: EvalSet | None = None):
@@ -126,6 +143,8 @@ class NRTTrainer:
             self.total_steps = max(1, math.ceil(t.num_train_epochs * len(examples) / self.questions_per_step))
         updates = self.total_steps * t.steps_per_generation
 
+        if t.torch_compile:
+            compile_decoder_layers(model)
         self.ref_model = None
         if t.beta > 0:
             import copy
@@ -286,7 +305,7 @@ class NRTTrainer:
                 num_generations=self.k, max_new_tokens=t.max_completion_length,
                 stop_token_ids=[self.response_start_id, self.eos_id], pad_token_id=self.pad_id,
                 seeds=[t.seed * 1_000_003 + q.position for q in chunk],
-                temperature=t.temperature, top_p=t.top_p,
+                temperature=t.temperature, top_p=t.top_p, compile=t.torch_compile,
             )
         return build_rollout(
             prompts, [q.example.answer_ids for q in chunk], traces, num_generations=self.k,

@@ -1,0 +1,109 @@
+"""One decoding step as a single function of tensors, so that `torch.compile` can fuse it.
+
+Decoding through `model(...)` runs about 300 small ops per token, each paying its dispatch
+cost, and its cache grows by Python-side bookkeeping that torch.compile would specialise on
+(a recompilation per cache length). `decode_step` computes the same logits from the model's
+own modules for one new token per row: the prompt keys/values of each group are read once
+for its K rows (`grouped_attention`), and each row's trace keys/values live in fixed buffers
+written at a tensor index and read up to `length`, which dynamo treats as a symbolic size.
+One compiled graph then serves every step (plus specialisations for lengths 1 and 2).
+
+Supported: the Llama-style decoder layers of `SUPPORTED_MODEL_TYPES` (pre-norm, q/k/v/o
+projections with optional biases, optional per-head q/k norms, rotary embeddings, full
+attention); `tests/test_sampling.py` checks the logits against the model's own forward.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def supports(model) -> bool:
+    """True for transformers' own causal-LM class of a supported family, the forward `decode_step`
+    reproduces (not for wrappers that change it, such as a PEFT model or a logits processor)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return (model_type in SUPPORTED_MODEL_TYPES
+            and type(model).__module__ == f"transformers.models.{model_type}.modeling_{model_type}")
+
+
+def grouped_attention(query, key, value, prefix_keys, prefix_values, prefix_mask, k: int, rows, scale: float):
+    """Attention of one new token per row over its group's prompt and its own trace.
+
+    query [B, Hq, 1, D]; key/value [B, Hkv, T, D]: the row's trace so far (this token included);
+    prefix_keys/prefix_values [G, Hkv, P, D]: each group's prompt; prefix_mask [G, P] (False at
+    left padding); k rows per group, group-major; rows [B]: the original row (g*k + j) of each
+    row still decoding. Returns [B, Hq, 1, D] in the prefix dtype.
+
+    The prompt part is one matmul per (group, kv head) over its K rows' queries; the trace part
+    is per row; one float32 softmax over both: softmax([q.P^T, q.T^T] * scale) @ [P_v; T_v].
+    """
+    g, hkv, p, d = prefix_keys.shape
+    b, hq = query.shape[0], query.shape[1]
+    rep = hq // hkv
+    q = query.to(prefix_keys.dtype).reshape(b, hkv, rep, d) * scale
+    slots = q.new_zeros((g * k, hkv, rep, d))
+    slots[rows] = q
+    slots = slots.view(g, k, hkv, rep, d).transpose(1, 2).reshape(g, hkv, k * rep, d)
+    prompt_scores = torch.matmul(slots, prefix_keys.transpose(-1, -2))  # [G, Hkv, K*rep, P]
+    prompt_scores = prompt_scores.masked_fill(~prefix_mask[:, None, None, :], float("-inf"))
+    prompt_scores = prompt_scores.view(g, hkv, k, rep, p).transpose(1, 2).reshape(g * k, hkv, rep, p)[rows]
+    trace_scores = torch.matmul(q, key.to(prefix_keys.dtype).transpose(-1, -2))  # [B, Hkv, rep, T]
+    probs = torch.cat([prompt_scores, trace_scores], dim=-1).float().softmax(-1).to(prefix_values.dtype)
+    out = torch.matmul(probs[..., p:], value.to(prefix_values.dtype))  # [B, Hkv, rep, D]
+    prompt_probs = probs.new_zeros((g * k, hkv, rep, p))
+    prompt_probs[rows] = probs[..., :p]
+    prompt_probs = prompt_probs.view(g, k, hkv, rep, p).transpose(1, 2).reshape(g, hkv, k * rep, p)
+    prompt_out = torch.matmul(prompt_probs, prefix_values)  # [G, Hkv, K*rep, D]
+    out = out + prompt_out.view(g, hkv, k, rep, d).transpose(1, 2).reshape(g * k, hkv, rep, d)[rows]
+    return out.reshape(b, hq, 1, d)
+
+
+def decode_step(model, tokens, positions, index, length: int, prefix_keys, prefix_values, prefix_mask, k: int,
+                rows, keys, values):
+    """Next-token logits [B, V] (float32) for tokens [B] at positions [B, 1].
+
+    Writes this token's keys/values into keys[l]/values[l] [B, Hkv, capacity, D] at `index`
+    (a one-element long tensor equal to length - 1) and attends over their first `length`
+    positions and the group's prompt (`grouped_attention`). Same computation as the model's
+    forward with `grouped_decode_attention`, layer by layer.
+    """
+    body = model.model
+    x = body.embed_tokens(tokens[:, None])  # [B, 1, hidden]
+    cos, sin = body.rotary_emb(x, positions)
+    for layer_index, layer in enumerate(body.layers):
+        attention = layer.self_attn
+        rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb
+        hidden = layer.input_layernorm(x)
+        shape = (tokens.shape[0], 1, -1, attention.head_dim)
+        query = attention.q_proj(hidden).view(shape)
+        key = attention.k_proj(hidden).view(shape)
+        if hasattr(attention, "q_norm"):  # qwen3: per-head norms before the rotation
+            query, key = attention.q_norm(query), attention.k_norm(key)
+        query, key = rotate(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
+        value = attention.v_proj(hidden).view(shape).transpose(1, 2)
+        keys[layer_index].index_copy_(2, index, key.to(keys[layer_index].dtype))
+        values[layer_index].index_copy_(2, index, value.to(values[layer_index].dtype))
+        with torch.autocast(x.device.type, enabled=False):
+            out = grouped_attention(
+                query, keys[layer_index].narrow(2, 0, length), values[layer_index].narrow(2, 0, length),
+                prefix_keys[layer_index], prefix_values[layer_index], prefix_mask, k, rows, attention.scaling,
+            )
+        out = out.to(query.dtype).transpose(1, 2).reshape(tokens.shape[0], 1, -1)
+        x = x + attention.o_proj(out)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return model.lm_head(body.norm(x))[:, -1].float()
+
+
+_compiled = None
+
+
+def compiled_decode_step():
+    """`decode_step` under torch.compile with symbolic sizes (compiled once per process, on first use)."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(decode_step, dynamic=True)
+    return _compiled
