@@ -28,7 +28,9 @@ methods: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -e ".[bench]"
 	$(VENV)/bin/python benchmarks/compare_trl.py --rounds 3 --steps 3 --warmup 1 -- \
-		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48
+		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 | tee benchmarks/results/compare_trl.jsonl
+	$(VENV)/bin/python benchmarks/compare_trl.py --rounds 3 --steps 3 --warmup 2 --nrt-compile -- \
+		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 | tee benchmarks/results/compare_trl_compile.jsonl
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -37,11 +37,13 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--nrt-compile", action="store_true",
+                   help="nrt side with trainer.torch_compile (`nrt bench --compile`; TRL stays eager)")
     p.add_argument("workload", nargs="*", help="options for both sides, after --")
     args = p.parse_args(argv)
     env = dict(os.environ)
     common = [*args.workload, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    nrt_cmd = [sys.executable, "-m", "nrt.bench", "--fixed-length", *common]
+    nrt_cmd = [sys.executable, "-m", "nrt.bench", "--fixed-length", *common, *(["--compile"] * args.nrt_compile)]
     trl_cmd = [sys.executable, str(ROOT / "benchmarks" / "trl_grpo.py"), *common]
     rounds = []
     for r in range(args.rounds):
@@ -70,6 +72,7 @@ def main(argv=None) -> dict:
         "load_avg": [x[s]["load_avg"] for x in rounds for s in ("nrt", "trl")],
         "omp_wait_policy": env.get("OMP_WAIT_POLICY", "unset"),
         "workload": args.workload,
+        "nrt_compile": args.nrt_compile,
         "steps": args.steps,
         "warmup": args.warmup,
     }
