@@ -41,7 +41,7 @@ def main(argv=None):
     variants = {
         "all": dict(),
         "hf_forward": dict(lean_step=False),
-        "compiled": dict(compile=True),
+        "compiled": dict(compile_step=True),
         "dynamic": dict(preallocate_cache=False, share_prompt_cache=False),
         "preallocated": dict(share_prompt_cache=False),
         "bf16_attention": dict(attention_in_float32=False),

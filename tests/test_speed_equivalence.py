@@ -287,7 +287,7 @@ def test_decode_step_samples_what_the_models_own_forward_samples(model_type):
 def test_compiled_decoding_gives_the_same_traces_in_float64(model_type):
     model = tiny_family(model_type, seed=1)
     eager = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
-    compiled = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, compile=True)
+    compiled = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, compile_step=True)
     assert compiled == eager
     assert len({len(t) for t in eager}) > 2
 

@@ -79,7 +79,7 @@ class TrainerConfig:
     bf16: bool = opt(False, "bfloat16 autocast (faster on CPUs with bf16 matmuls and on GPUs)")
     torch_compile: bool = opt(
         False, "torch.compile the decoder layers (training forward/backward) and the decoding step; "
-        "compiling takes ~30-60 s on a CPU, so it pays on long runs (docs/PERFORMANCE.md)"
+        "compiling takes ~2 minutes on a 2-core CPU, so it pays on long runs (docs/PERFORMANCE.md)"
     )
     logging_steps: int = opt(1, "write metrics every N steps")
     save_steps: int = opt(100, "save a checkpoint every N steps")

@@ -186,7 +186,7 @@ def sample_traces(
     attention_in_float32: bool = True,
     share_prompt_cache: bool = True,
     lean_step: bool = True,
-    compile: bool = False,
+    compile_step: bool = False,
 ) -> list[list[int]]:
     """Sample `num_generations` continuations per prompt; rows are group-major (q*K + k).
 
@@ -202,20 +202,20 @@ def sample_traces(
     and values instead of K copies; each token is then decoded by `nrt.decode_step.decode_step`
     for transformers' own model classes (the same computation as the model's forward with
     `grouped_decode_attention`, which `lean_step=False` and other models use), under
-    torch.compile with `compile=True`.
+    torch.compile with `compile_step=True`.
     """
     float32_cache = attention_in_float32 and uses_float32_attention(model)
     grouped = share_prompt_cache and preallocate_cache and num_generations > 1 and _grouped_decoding_supported(model)
     with float32_attention(model, enabled=attention_in_float32):
         return _sample(
             model, prompts, num_generations, max_new_tokens, stop_token_ids, pad_token_id, seeds, temperature,
-            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped, lean_step, compile,
+            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped, lean_step, compile_step,
         )
 
 
 def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad_token_id, seeds, temperature,
             top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped, lean_step,
-            compile) -> list[list[int]]:
+            compile_step) -> list[list[int]]:
     k = num_generations
     device = next(model.parameters()).device
     q, n = len(prompts), len(prompts) * num_generations
@@ -265,7 +265,7 @@ def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad
         prefix = extra["nrt_shared_prefix"]
         trace_keys = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.keys]
         trace_values = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.values]
-        step = compiled_decode_step() if compile else decode_step
+        step = compiled_decode_step() if compile_step else decode_step
     sampled = torch.full((n, steps), -1, dtype=torch.long, device=device)  # -1 after a row stopped
     active = torch.arange(n, device=device)  # original row of each row still decoding
     stop = torch.tensor(stop_token_ids, device=device)

@@ -305,7 +305,7 @@ class NRTTrainer:
                 num_generations=self.k, max_new_tokens=t.max_completion_length,
                 stop_token_ids=[self.response_start_id, self.eos_id], pad_token_id=self.pad_id,
                 seeds=[t.seed * 1_000_003 + q.position for q in chunk],
-                temperature=t.temperature, top_p=t.top_p, compile=t.torch_compile,
+                temperature=t.temperature, top_p=t.top_p, compile_step=t.torch_compile,
             )
         return build_rollout(
             prompts, [q.example.answer_ids for q in chunk], traces, num_generations=self.k,
