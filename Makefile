@@ -27,10 +27,15 @@ methods: $(STAMP)
 # docs/PERFORMANCE.md: nrt against TRL's GRPOTrainer on the same work (installs trl)
 bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -e ".[bench]"
+	# each result file is replaced only by a complete run (written aside, then moved)
 	$(VENV)/bin/python benchmarks/compare_trl.py --rounds 3 --steps 3 --warmup 1 -- \
-		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 | tee benchmarks/results/compare_trl.jsonl
+		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 > benchmarks/results/compare_trl.jsonl.part
+	mv benchmarks/results/compare_trl.jsonl.part benchmarks/results/compare_trl.jsonl
+	tail -n 1 benchmarks/results/compare_trl.jsonl
 	$(VENV)/bin/python benchmarks/compare_trl.py --rounds 3 --steps 3 --warmup 2 --nrt-compile -- \
-		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 | tee benchmarks/results/compare_trl_compile.jsonl
+		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 > benchmarks/results/compare_trl_compile.jsonl.part
+	mv benchmarks/results/compare_trl_compile.jsonl.part benchmarks/results/compare_trl_compile.jsonl
+	tail -n 1 benchmarks/results/compare_trl_compile.jsonl
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

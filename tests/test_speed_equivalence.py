@@ -103,7 +103,7 @@ def test_token_logprobs_matches_autograd_log_softmax_in_float64():
     torch.testing.assert_close(ours, logits.grad, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("switch", ["preallocate_cache", "attention_in_float32", "share_prompt_cache", "lean_step"])
+@pytest.mark.parametrize("switch", ["preallocate_cache", "attention_in_float32", "share_prompt_cache"])
 def test_sample_traces_each_optimisation_off_gives_the_same_traces(switch):
     model = lively(tiny_llama(64, hidden=32, layers=2, seed=1).double(), std=0.4).eval()
     prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]]
@@ -277,19 +277,56 @@ def test_decode_step_samples_what_the_models_own_forward_samples(model_type):
 
     model = tiny_family(model_type)
     assert _grouped_decoding_supported(model) and supports(model)  # the lean step is really taken
-    lean = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
-    forward = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, lean_step=False)
+    lean = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, lean_step=True)
+    forward = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
     assert lean == forward
     assert len({len(t) for t in lean}) > 2  # rows stopped at different steps: the dropped-row path ran
+
+
+def test_decode_step_under_bf16_autocast_samples_what_the_forward_samples():
+    model = lively(tiny_llama(64, hidden=32, layers=2, seed=1), std=0.4).eval()
+    args = dict(FAMILY_ARGS, max_new_tokens=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lean = sample_traces(model, FAMILY_PROMPTS, **args, lean_step=True)
+        forward = sample_traces(model, FAMILY_PROMPTS, **args)
+    assert lean == forward
+    assert len({len(t) for t in lean}) > 2
+
+
+def test_decode_step_is_not_used_where_it_would_skip_a_hook():
+    from nrt.decode_step import supports
+
+    model = tiny_family("llama")
+    assert supports(model)
+    handle = model.model.layers[1].register_forward_hook(lambda module, args, out: out)
+    assert not supports(model)
+    handle.remove()
+    model.forward = model.forward  # an instance-level forward (a patch) is not the class's
+    assert not supports(model)
+
+
+def compiled_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])
 def test_compiled_decoding_gives_the_same_traces_in_float64(model_type):
     model = tiny_family(model_type, seed=1)
     eager = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
+    torch._dynamo.reset()
+    before = compiled_graphs()
     compiled = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, compile_step=True)
+    assert compiled_graphs() > before  # it really compiled (fullgraph: a graph break would raise)
     assert compiled == eager
     assert len({len(t) for t in eager}) > 2
+
+
+def test_compile_step_warns_where_the_model_decodes_through_its_forward():
+    model = tiny_family("llama")
+    model.model.layers[0].register_forward_hook(lambda module, args, out: out)
+    with pytest.warns(UserWarning, match="decodes through its forward, uncompiled"):
+        traces = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, compile_step=True)
+    assert traces == sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
 
 
 def test_compiled_decoding_logits_within_float32_rounding():
@@ -304,6 +341,8 @@ def test_compiled_decoding_logits_within_float32_rounding():
     rows = torch.tensor([0, 1, 2, 3, 5, 4])  # 2 rows per group, one group's rows swapped
     outputs = []
     initial = torch.randn(b, hkv, capacity, d, generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    before = compiled_graphs()
     for step in (decode_step, compiled_decode_step()):
         keys = [initial.clone() for _ in range(2)]
         values = [torch.randn(b, hkv, capacity, d, generator=torch.Generator().manual_seed(2)) for _ in range(2)]
@@ -311,6 +350,7 @@ def test_compiled_decoding_logits_within_float32_rounding():
         outputs.append(step(model, tokens, positions, torch.tensor([2]), 3, prefix_keys, prefix_values, mask, 2,
                             rows, keys, values))
         outputs.append(torch.stack(keys))
+    assert compiled_graphs() > before
     torch.testing.assert_close(outputs[2], outputs[0], rtol=1e-5, atol=1e-5)  # logits
     torch.testing.assert_close(outputs[3], outputs[1], rtol=1e-5, atol=1e-6)  # the cache column written
     for layer in range(2):  # column 2 (index 2) written, the others untouched

@@ -78,7 +78,8 @@ class TrainerConfig:
     beta: float = opt(0.0, "KL coefficient against the initial model (recipe 0: no reference model is loaded)")
     bf16: bool = opt(False, "bfloat16 autocast (faster on CPUs with bf16 matmuls and on GPUs)")
     torch_compile: bool = opt(
-        False, "torch.compile the decoder layers (training forward/backward) and the decoding step; "
+        False, "torch.compile the decoder layers (training forward/backward) and, on the CPU for Llama/Mistral/Qwen "
+        "models, the decoding step; "
         "compiling takes ~2 minutes on a 2-core CPU, so it pays on long runs (docs/PERFORMANCE.md)"
     )
     logging_steps: int = opt(1, "write metrics every N steps")

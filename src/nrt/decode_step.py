@@ -6,11 +6,14 @@ cost, and its cache grows by Python-side bookkeeping that torch.compile would sp
 own modules for one new token per row: the prompt keys/values of each group are read once
 for its K rows (`grouped_attention`), and each row's trace keys/values live in fixed buffers
 written at a tensor index and read up to `length`, which dynamo treats as a symbolic size.
-One compiled graph then serves every step (plus specialisations for lengths 1 and 2).
+Compiled (`sample_traces(compile_step=True)`, `trainer.torch_compile`), one graph serves every
+cache length from 3 and every batch of 2 rows or more; dynamo specialises sizes 0 and 1, so
+lengths 1 and 2, and a batch down to a single row, compile graphs of their own.
 
-Supported: the Llama-style decoder layers of `SUPPORTED_MODEL_TYPES` (pre-norm, q/k/v/o
+Supported: transformers' own classes of `SUPPORTED_MODEL_TYPES` (pre-norm decoder layers, q/k/v/o
 projections with optional biases, optional per-head q/k norms, rotary embeddings, full
-attention); `tests/test_sampling.py` checks the logits against the model's own forward.
+attention), without forward hooks; `tests/test_speed_equivalence.py` checks that it samples
+the same traces as the model's own forward.
 """
 
 from __future__ import annotations
@@ -23,11 +26,18 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def supports(model) -> bool:
-    """True for transformers' own causal-LM class of a supported family, the forward `decode_step`
-    reproduces (not for wrappers that change it, such as a PEFT model or a logits processor)."""
+    """True for transformers' own causal-LM class of a supported family, whose forward `decode_step`
+    reproduces: not for wrappers that change it (a PEFT model, a patched `forward`), nor when
+    forward hooks are registered, since `decode_step` calls the submodules, not the model."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return (model_type in SUPPORTED_MODEL_TYPES
-            and type(model).__module__ == f"transformers.models.{model_type}.modeling_{model_type}")
+    if model_type not in SUPPORTED_MODEL_TYPES or "forward" in vars(model):
+        return False
+    if type(model).__module__ != f"transformers.models.{model_type}.modeling_{model_type}":
+        return False
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def grouped_attention(query, key, value, prefix_keys, prefix_values, prefix_mask, k: int, rows, scale: float):
@@ -102,8 +112,9 @@ _compiled = None
 
 
 def compiled_decode_step():
-    """`decode_step` under torch.compile with symbolic sizes (compiled once per process, on first use)."""
+    """`decode_step` under torch.compile with symbolic sizes and no graph breaks (`fullgraph`: a
+    break raises instead of running part of the step eagerly); compiled on first use."""
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(decode_step, dynamic=True)
+        _compiled = torch.compile(decode_step, dynamic=True, fullgraph=True)
     return _compiled

@@ -12,6 +12,7 @@ run: 1-process and 2-process runs sample the same traces, and resuming resamples
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -139,10 +140,11 @@ def _grouped_decoding_supported(model) -> bool:
     )
 
 
-def eager_layers():
-    """Within the block compiled functions run eagerly: the model's forward here updates a cache
-    through Python-side lengths, which torch.compile would specialise on (a recompilation per
-    token) if the trainer compiled the decoder layers (`trainer.torch_compile`)."""
+def run_eagerly():
+    """Within the block every compiled function runs eagerly (`torch.compiler.set_stance`): the
+    model's forward here updates a cache through Python-side lengths, which torch.compile would
+    specialise on (a recompilation per token) if the trainer compiled the decoder layers
+    (`trainer.torch_compile`)."""
     return torch.compiler.set_stance("force_eager")
 
 
@@ -185,7 +187,7 @@ def sample_traces(
     preallocate_cache: bool = True,
     attention_in_float32: bool = True,
     share_prompt_cache: bool = True,
-    lean_step: bool = True,
+    lean_step: bool = False,
     compile_step: bool = False,
 ) -> list[list[int]]:
     """Sample `num_generations` continuations per prompt; rows are group-major (q*K + k).
@@ -199,10 +201,11 @@ def sample_traces(
     CPU, attention runs in float32 with a float32 cache (`nrt.cpu_attention`) unless
     `attention_in_float32=False`. With `share_prompt_cache` (and a supported model: see
     `_grouped_decoding_supported`) the K rows of a group read one copy of their prompt's keys
-    and values instead of K copies; each token is then decoded by `nrt.decode_step.decode_step`
-    for transformers' own model classes (the same computation as the model's forward with
-    `grouped_decode_attention`, which `lean_step=False` and other models use), under
-    torch.compile with `compile_step=True`.
+    and values instead of K copies (`grouped_decode_attention`). With `compile_step` each token
+    is decoded by `nrt.decode_step.decode_step` under torch.compile instead of the model's
+    forward (the same computation; `lean_step` runs it eagerly, for tests), where the model
+    allows it (`nrt.decode_step.supports`); elsewhere `compile_step` warns once and decodes
+    through the forward.
     """
     float32_cache = attention_in_float32 and uses_float32_attention(model)
     grouped = share_prompt_cache and preallocate_cache and num_generations > 1 and _grouped_decoding_supported(model)
@@ -240,7 +243,7 @@ def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad
     else:
         cache = DynamicCache(config=model.config)
     full_mask = full_mask.to(device)
-    with eager_layers():
+    with run_eagerly():
         out = model(
             input_ids=ids.to(device),
             attention_mask=full_mask[:, :width],
@@ -260,7 +263,11 @@ def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad
     full_mask = full_mask.repeat_interleave(k, 0)
     next_position = positions[:, -1:].to(device).repeat_interleave(k, 0) + 1
 
-    lean = grouped and lean_step and decode_step_supports(model)
+    lean = grouped and (lean_step or compile_step) and decode_step_supports(model)
+    if compile_step and not lean:
+        warnings.warn("sample_traces(compile_step=True): this model decodes through its forward, uncompiled "
+                      "(nrt.decode_step needs transformers' own Llama/Mistral/Qwen2/Qwen3 class on the CPU, "
+                      "without hooks, and num_generations > 1)", stacklevel=3)
     if lean:  # each row's trace keys/values in fixed buffers (`nrt.decode_step`)
         prefix = extra["nrt_shared_prefix"]
         trace_keys = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.keys]
@@ -297,7 +304,7 @@ def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad
                           prefix.values, prefix.mask, k, prefix.rows, trace_keys, trace_values)
             next_position = next_position + 1
             continue
-        with attention_implementation(model, GROUPED, grouped), eager_layers():
+        with attention_implementation(model, GROUPED, grouped), run_eagerly():
             logits = model(
                 input_ids=tokens[:, None],
                 attention_mask=None if grouped else full_mask[:, : width + t + 1],  # grouped: masks its prompt part

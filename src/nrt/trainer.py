@@ -108,7 +108,7 @@ def compile_decoder_layers(model) -> int:
     unchanged. Shapes are specialised at the first call and made symbolic at the first change
     (dynamo's default). A layer is compiled once per cache state it meets (the prompt pass of the
     update fills the cache layer by layer), per grad mode and per shape kind: about a dozen
-    graphs, so dynamo's recompile limit (8 per function) is raised to 64."""
+    graphs, so dynamo's recompile limit (8 per function) is raised to 64, for the whole process."""
     names = set(getattr(model, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
