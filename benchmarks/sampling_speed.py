@@ -40,7 +40,7 @@ def main(argv=None):
                   pad_token_id=0, seeds=list(range(args.prompts)), min_new_tokens=args.think)
     variants = {
         "all": dict(),
-        "hf_forward": dict(lean_step=False),
+        "lean_step": dict(lean_step=True),  # nrt.decode_step, eager
         "compiled": dict(compile_step=True),
         "dynamic": dict(preallocate_cache=False, share_prompt_cache=False),
         "preallocated": dict(share_prompt_cache=False),
