@@ -305,6 +305,15 @@ def test_decode_step_is_not_used_where_it_would_skip_a_hook():
     assert not supports(model)
 
 
+def test_decode_step_is_used_under_accelerates_mixed_precision_wrapper():
+    from nrt.decode_step import supports
+
+    trainer, _, _ = build_trainer(bench_args(dtype="bfloat16"))
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    assert "forward" in vars(policy)  # accelerate wrapped the forward in autocast
+    assert supports(policy)
+
+
 def compiled_graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 

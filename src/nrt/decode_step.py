@@ -27,11 +27,18 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 def supports(model) -> bool:
     """True for transformers' own causal-LM class of a supported family, whose forward `decode_step`
-    reproduces: not for wrappers that change it (a PEFT model, a patched `forward`), nor when
-    forward hooks are registered, since `decode_step` calls the submodules, not the model."""
+    reproduces: not for wrappers that change it (a PEFT model, a patched `forward` other than
+    accelerate's mixed-precision one), nor when forward hooks are registered, since
+    `decode_step` calls the submodules, not the model."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES or "forward" in vars(model):
+    if model_type not in SUPPORTED_MODEL_TYPES:
         return False
+    if "forward" in vars(model):  # an instance-level forward: only accelerate's mixed-precision wrapper
+        # (autocast, float32 outputs) around the class's own forward is accepted: decode_step runs
+        # under the same autocast and returns float32 logits
+        original = vars(model).get("_original_forward")
+        if getattr(original, "__func__", None) is not type(model).forward:
+            return False
     if type(model).__module__ != f"transformers.models.{model_type}.modeling_{model_type}":
         return False
     hooks = torch.nn.modules.module
