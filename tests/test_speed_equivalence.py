@@ -308,10 +308,17 @@ def test_decode_step_is_not_used_where_it_would_skip_a_hook():
 def test_decode_step_is_used_under_accelerates_mixed_precision_wrapper():
     from nrt.decode_step import supports
 
-    trainer, _, _ = build_trainer(bench_args(dtype="bfloat16"))
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    assert "forward" in vars(policy)  # accelerate wrapped the forward in autocast
-    assert supports(policy)
+    from accelerate.state import AcceleratorState
+
+    # accelerate's state is a process-wide singleton set by earlier tests (mixed_precision="no")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        trainer, _, _ = build_trainer(bench_args(dtype="bfloat16"))
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        assert "forward" in vars(policy)  # accelerate wrapped the forward in autocast
+        assert supports(policy)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def compiled_graphs() -> int:
