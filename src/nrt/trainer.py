@@ -143,13 +143,13 @@ class NRTTrainer:
             self.total_steps = max(1, math.ceil(t.num_train_epochs * len(examples) / self.questions_per_step))
         updates = self.total_steps * t.steps_per_generation
 
-        if t.torch_compile:
-            compile_decoder_layers(model)
         self.ref_model = None
         if t.beta > 0:
             import copy
 
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
+        if t.torch_compile:  # after the copy: the reference model stays eager
+            compile_decoder_layers(model)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
         optimizer = torch.optim.AdamW(
