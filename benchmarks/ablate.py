@@ -11,52 +11,37 @@ phase over the rounds, and the ratio to `all` (> 1: the optimisation pays).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
 import statistics
 import time
 
+import torch
 
-import torch  # noqa: E402
+from nrt.engine.cpu_runtime import keep_freed_memory
+from nrt.experiments.bench import add_arguments, bf16_supported, build_trainer
 
-import nrt.trainer as trainer_module
-from nrt.bench import add_arguments, bf16_supported, build_trainer
-from nrt.cpu_runtime import keep_freed_memory
-
-
-@contextlib.contextmanager
-def patched(module, name, **kwargs):
-    original = getattr(module, name)
-    setattr(module, name, functools.partial(original, **kwargs))
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
+# each variant: the engine switches it turns off (nrt.engine.options.EngineOptions) or other bench options
 VARIANTS = {
-    "all": contextlib.nullcontext,
+    "all": {},
     # sequences.completion_logprobs: plain logits -> logsumexp -> gather (all C+1 positions)
-    "no_fused_logprobs": lambda: patched(trainer_module, "completion_logprobs", fused=False),
+    "no_fused_logprobs": {"fused_logprobs": False},
     # sampling.sample_traces: transformers' DynamicCache (grows by torch.cat)
-    "no_preallocated_cache": lambda: patched(trainer_module, "sample_traces", preallocate_cache=False),
+    "no_preallocated_cache": {"preallocate_cache": False},
     # sequences.completion_logprobs: the model computes [N, V] logits (accelerate converts them to float32)
-    "no_fused_head": lambda: patched(trainer_module, "completion_logprobs", fuse_head=False),
+    "no_fused_head": {"fuse_head": False},
     # sequences.completion_logprobs: every row runs its own prompt through the forward-backward
-    "no_shared_prompts": lambda: patched(trainer_module, "completion_logprobs", share_prompts=False),
+    "no_shared_prompts": {"share_prompts": False},
     # sampling.sample_traces: each row reads its own copy of the prompt's keys/values while decoding
-    "no_shared_prompt_cache": lambda: patched(trainer_module, "sample_traces", share_prompt_cache=False),
-    # nrt.cpu_attention: attention in bfloat16 under autocast (torch's CPU kernel), decoding and training
-    "no_float32_attention": lambda: _both(patched(trainer_module, "sample_traces", attention_in_float32=False),
-                                          patched(trainer_module, "completion_logprobs", attention_in_float32=False)),
-    # trainer.torch_compile on: compiled decoder layers and decoding step (`nrt.decode_step`); < 1 when it pays
-    "torch_compile": contextlib.nullcontext,
+    "no_shared_prompt_cache": {"share_prompt_cache": False},
+    # nrt.engine.cpu_attention: attention in bfloat16 under autocast (torch's CPU kernel), decoding and training
+    "no_float32_attention": {"attention_in_float32": False},
+    # trainer.torch_compile on: compiled decoder layers and decoding step (`nrt.engine.decode_step`); < 1 when it pays
+    "torch_compile": {},
     # everything above off at once: the step as it was before this work (transformers' cache, full logits)
-    "none": lambda: _both(patched(trainer_module, "sample_traces", preallocate_cache=False, share_prompt_cache=False,
-                                  attention_in_float32=False),
-                          patched(trainer_module, "completion_logprobs", fused=False, attention_in_float32=False)),
+    "none": {"preallocate_cache": False, "share_prompt_cache": False, "attention_in_float32": False,
+             "fused_logprobs": False},
+    "proposed_fused_adamw": {},
 }
 
 
@@ -66,15 +51,8 @@ def fused_adamw(trainer) -> None:
         group["fused"], group["foreach"] = True, False
 
 
-SETUPS = {"proposed_fused_adamw": fused_adamw}  # variants that change the trainer once, not a call
-VARIANTS["proposed_fused_adamw"] = contextlib.nullcontext
+SETUPS = {"proposed_fused_adamw": fused_adamw}  # variants that change the trainer once
 BUILT_WITH = {"torch_compile": {"compile": True}}  # variants built from other `nrt bench` options
-
-
-@contextlib.contextmanager
-def _both(a, b):
-    with a, b:
-        yield
 
 
 def main(argv=None):
@@ -89,7 +67,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     args.steps = args.rounds
-    trainers = {v: build_trainer(argparse.Namespace(**{**vars(args), **BUILT_WITH.get(v, {})}))[0]
+    trainers = {v: build_trainer(argparse.Namespace(**{**vars(args), **BUILT_WITH.get(v, {})}), **VARIANTS[v])[0]
                 for v in args.variants}
     for v, trainer in trainers.items():
         SETUPS.get(v, lambda _: None)(trainer)
@@ -99,10 +77,9 @@ def main(argv=None):
     for r in range(args.warmup + args.rounds):
         for v in names[r % len(names):] + names[: r % len(names)]:  # rotate the order every round
             trainer = trainers[v]
-            with VARIANTS[v]():
-                tick = time.perf_counter()
-                m = trainer.train_step()
-                elapsed = time.perf_counter() - tick
+            tick = time.perf_counter()
+            m = trainer.train_step()
+            elapsed = time.perf_counter() - tick
             rewards[v].append(m["reward_mean"])
             if r >= args.warmup:
                 times[v]["step"].append(elapsed)

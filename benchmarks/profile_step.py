@@ -9,7 +9,7 @@ import sys
 
 import torch  # noqa: E402
 
-from nrt.bench import add_arguments, bf16_supported, build_trainer
+from nrt.experiments.bench import add_arguments, bf16_supported, build_trainer
 
 
 def main(argv=None):

@@ -15,8 +15,9 @@ import time
 
 import torch  # noqa: E402
 
-from nrt.bench import bench_model, synthetic_examples
-from nrt.sampling import sample_traces
+from nrt.experiments.bench import bench_model, synthetic_examples
+from nrt.engine.options import EngineOptions
+from nrt.engine.sampling import sample_traces
 
 
 def main(argv=None):
@@ -37,10 +38,10 @@ def main(argv=None):
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bfloat16"
                 else contextlib.nullcontext())
     kwargs = dict(num_generations=args.generations, max_new_tokens=args.think, stop_token_ids=[1, 2],
-                  pad_token_id=0, seeds=list(range(args.prompts)), min_new_tokens=args.think)
+                  pad_token_id=0, seeds=list(range(args.prompts)))
     variants = {
         "all": dict(),
-        "lean_step": dict(lean_step=True),  # nrt.decode_step, eager
+        "lean_step": dict(lean_step=True),  # nrt.engine.decode_step, eager
         "compiled": dict(compile_step=True),
         "dynamic": dict(preallocate_cache=False, share_prompt_cache=False),
         "preallocated": dict(share_prompt_cache=False),
@@ -57,7 +58,8 @@ def main(argv=None):
                 torch.set_num_threads(1)
             with autocast:
                 tick = time.perf_counter()
-                traces[v] = sample_traces(model, prompts, **kwargs, **variants[v])
+                traces[v] = sample_traces(model, prompts, **kwargs,
+                                          engine=EngineOptions(fixed_length=True, **variants[v]))
                 elapsed = time.perf_counter() - tick
             torch.set_num_threads(threads)
             if r:

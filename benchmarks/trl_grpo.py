@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/trl_grpo.py --hidden 256 --layers 4 --prompts 16 --generations 8 --think 48
 
-Same model (nrt.bench.bench_model, same seed: identical initial weights), tokenizer, questions
-and answers (nrt.bench.synthetic_*), K, and completion length: `min_new_tokens` = `max_new_tokens`
+Same model (nrt.experiments.bench.bench_model, same seed: identical initial weights), tokenizer, questions
+and answers (nrt.experiments.bench.synthetic_*), K, and completion length: `min_new_tokens` = `max_new_tokens`
 = --think, so every completion has exactly --think tokens as in `nrt bench --fixed-length`.
 beta 0 (no reference model), one optimizer step per generation batch of prompts x K completions.
 The reward is NRT's signal computed the way a TRL user would: a custom reward function that
@@ -30,13 +30,13 @@ import sys
 import tempfile
 import time
 
-from nrt.cpu_runtime import keep_freed_memory  # noqa: E402
+from nrt.engine.cpu_runtime import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()
 
 import torch  # noqa: E402
 
-from nrt.bench import (  # noqa: E402
+from nrt.experiments.bench import (  # noqa: E402
     bench_model, bf16_supported, matmul_rate, peak_rss_mb, rss_mb, synthetic_examples, synthetic_tokenizer,
 )
 

@@ -2,7 +2,7 @@
 
     python scripts/methods.py [--seeds 0,1,2] [--output-dir artifacts/methods] [--doc docs/METHODS.md]
 
-(`make methods`.) Runs the runner behind `nrt compare` (`nrt.experiments.run`) in two settings on
+(`make methods`.) Runs the runner behind `nrt compare` (`nrt.experiments.compare.run`) in two settings on
 the gym's multi-hop Q&A splits, with the same
 recipe for every method (no method is tuned: one learning rate, batch, K and step budget
 for all, and each run's best step is chosen on the gym's validation split):
@@ -28,8 +28,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from nrt.demo import ensure_base
-from nrt.experiments import EvalFile, Experiment, run
+from nrt.gym.pretrain import ensure_base
+from nrt.experiments.compare import EvalFile, Experiment, run
 
 METHODS = ["nrt", "nrt-ws-inverse-prob", "nrt-geometric-mean", "jlb", "verifree", "rlpr", "sft"]
 WEAK_STEPS = 150
@@ -66,7 +66,7 @@ def answer_term_ablation(base: Path, data: Path, out: Path, seeds: list[int], he
     """`nrt` with each answer-term variant (`method.answer_loss`) in the healthy setting, same
     recipe and seeds; "fixed" is the preset's own, i.e. the healthy table's `nrt` row. A
     separate section: it gives `nrt` extra runs, so it is not part of the equal-budget table."""
-    from nrt.report import fmt, markdown_table, mean_std
+    from nrt.evaluation.report import fmt, markdown_table, mean_std
 
     runs = {"fixed": [r for r in healthy["runs"] if r["method"] == "nrt"]}
     directories = {"fixed": out / "healthy"}
@@ -105,7 +105,7 @@ def stop_on_collapse(base: Path, data: Path, out: Path) -> dict:
     if record.is_file():
         return json.loads(record.read_text())
     shutil.rmtree(directory, ignore_errors=True)
-    argv = [sys.executable, "-m", "nrt.cli", "train", "--method", "nrt", "--model", str(base),
+    argv = [sys.executable, "-m", "nrt.commands.cli", "train", "--method", "nrt", "--model", str(base),
             "--data", str(data / "train.jsonl"), "--output-dir", str(directory), "trainer.seed=0",
             *[o for o in RECIPE if not o.startswith(("trainer.on_collapse", "trainer.save_steps"))],
             "trainer.on_collapse=stop", "trainer.save_steps=5"]
@@ -126,7 +126,7 @@ def accuracy(summary: dict, method: str) -> list[float]:
 
 def trace_lengths(output_dir: str, method: str, seed: int) -> tuple[float, float]:
     """(first, last) logged `trace_length_mean` of one run."""
-    from nrt.experiments import read_metrics
+    from nrt.experiments.compare import read_metrics
 
     values = [r["trace_length_mean"] for r in read_metrics(Path(output_dir) / "runs" / method / f"seed{seed}")
               if "trace_length_mean" in r]
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"--base {base}: no gym model there (run `nrt gym pretrain` or `make demo` first)")
     data = out / "data" / "multihop"
     if not (data / "test.jsonl").is_file():
-        from nrt.gym.cli import write_splits
+        from nrt.gym.tasks import write_splits
         from nrt.gym.probe import gym_corpus_of
 
         write_splits(str(out / "data"), {"multihop": gym_corpus_of(str(base)).items["multihop"]})

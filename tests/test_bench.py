@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from nrt.bench import add_bench, bench_model, main, parameter_counts, synthetic_tokenizer
+from nrt.commands.bench import add_bench, main
+from nrt.experiments.bench import bench_model, parameter_counts, synthetic_tokenizer
 
 FIELDS = {
     "sec_per_step", "sec_per_step_min", "sec_per_step_max", "sec_per_step_iqr", "sec_generate", "sec_score",
@@ -111,12 +112,12 @@ def test_without_fixed_length_traces_may_stop_early():
     (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
 ])
 def test_bad_options_are_one_line_usage_errors(options, message, capsys):
-    from nrt.cli import USAGE_ERROR
-    from nrt.cli import main as nrt_main
+    from nrt.commands.cli import USAGE_ERROR
+    from nrt.commands.cli import main as nrt_main
 
     assert nrt_main(["bench", *options]) == USAGE_ERROR
     err = capsys.readouterr().err.strip()
     assert err == f"nrt bench: error: {message}"
-    with pytest.raises(SystemExit) as exit_info:  # python -m nrt.bench: argparse's usage error
+    with pytest.raises(SystemExit) as exit_info:  # python -m nrt.commands.bench: argparse's usage error
         main(options)
     assert exit_info.value.code == USAGE_ERROR and message in capsys.readouterr().err

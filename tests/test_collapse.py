@@ -2,7 +2,7 @@
 
 import pytest
 
-from nrt.collapse import CollapseDetector
+from nrt.training.collapse import CollapseDetector
 from test_trainer import make_trainer
 
 

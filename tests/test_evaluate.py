@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nrt.cli import main
+from nrt.commands.cli import main
 from nrt.data import load_qa_records, tokenize_records
-from nrt.evaluate import EvalConfig, evaluate, normalize_answer
+from nrt.evaluation.evaluate import EvalConfig, evaluate, normalize_answer
 from nrt.tokens import RESPONSE_START
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nrt.gym import cli
+from nrt.commands import gym as cli
 from nrt.gym import tasks as T
 from nrt.gym.pretrain import PretrainConfig, collate, pack_rows, pretrain
 from nrt.gym.probe import answer_logprob, decode

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from nrt.cli import default_bbh_dir
+from nrt.evaluation.evaluate import default_bbh_dir
 from nrt.gym import tasks as T
 from nrt.gym import world as W
 from nrt.gym.bbh_hashes import BBH_HASHES, fingerprint

@@ -1,4 +1,4 @@
-"""Tests for nrt.sampling: the cached, group-shared decoding loop and the inverse-CDF pick.
+"""Tests for nrt.engine.sampling: the cached, group-shared decoding loop and the inverse-CDF pick.
 
 A tiny random Llama (hidden 32, 2 layers) over the char tokenizer; no download. The cached
 loop is compared with a naive reference that reruns the full forward on the unpadded
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from nrt.sampling import _pick, sample_traces
+from nrt.engine.sampling import _pick, sample_traces
 from nrt.tiny import char_tokenizer, tiny_llama
 
 TOKENIZER = char_tokenizer()

@@ -11,19 +11,18 @@ Tiny random Llamas built from a config; no download.
 """
 
 import contextlib
-import functools
 
 import pytest
 import torch
 
-import nrt.trainer as trainer_module
-from nrt.bench import build_trainer, synthetic_examples
-from nrt.sampling import sample_traces
-from nrt.sequences import completion_logprobs, pack
+from nrt.engine.options import PLAIN, EngineOptions
+from nrt.experiments.bench import build_trainer, synthetic_examples
+from nrt.engine.sampling import sample_traces
+from nrt.engine.sequences import completion_logprobs, pack
 from nrt.tiny import tiny_llama
-from nrt.token_logprobs import token_logprobs
+from nrt.engine.token_logprobs import token_logprobs
 
-SWITCHES = ["fused", "fuse_head", "share_prompts", "attention_in_float32"]
+SWITCHES = ["fused_logprobs", "fuse_head", "share_prompts", "attention_in_float32"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +49,7 @@ def grouped_batch():
 
 def logprobs_and_grads(model, batch, weights, **switches):
     model.zero_grad(set_to_none=True)
-    lp, entropy = completion_logprobs(model, batch, with_entropy=True, **switches)
+    lp, entropy = completion_logprobs(model, batch, with_entropy=True, engine=EngineOptions(**switches))
     (lp * weights).sum().backward()
     return lp.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -78,7 +77,7 @@ def test_completion_logprobs_each_optimisation_off_gives_the_same_values_and_gra
 
 
 def test_shared_prompt_forward_is_really_taken():
-    from nrt.sequences import prompt_groups
+    from nrt.engine.sequences import prompt_groups
 
     batch = grouped_batch()
     assert prompt_groups(batch).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
@@ -109,7 +108,7 @@ def test_sample_traces_each_optimisation_off_gives_the_same_traces(switch):
     prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]]
     args = dict(num_generations=4, max_new_tokens=12, stop_token_ids=[1, 2], pad_token_id=0, seeds=[5, 6, 7])
     on = sample_traces(model, prompts, **args)
-    off = sample_traces(model, prompts, **args, **{switch: False})
+    off = sample_traces(model, prompts, **args, engine=EngineOptions(**{switch: False}))
     assert on == off
     lengths = {len(t) for t in on}
     assert len(lengths) > 1  # some rows stopped early: the dropped-row path ran
@@ -122,17 +121,16 @@ def test_sample_traces_in_bf16_with_the_float32_cache_matches_transformers_cache
                 temperature=0.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         on = sample_traces(model, prompts, **args)
-        off = sample_traces(model, prompts, **args, preallocate_cache=False, attention_in_float32=False,
-                            share_prompt_cache=False)
+        off = sample_traces(model, prompts, **args, engine=PLAIN)
     agree = sum(a == b for x, y in zip(on, off) for a, b in zip(x, y)) / sum(min(len(x), len(y)) for x, y in zip(on, off))
     assert agree >= 0.9  # greedy bf16 decoding: float32 attention may flip a near-tie, rarely
 
 
-def test_min_new_tokens_makes_every_trace_full_length():
+def test_fixed_length_makes_every_trace_full_length():
     model = lively(tiny_llama(64, hidden=32, layers=2, seed=1), std=0.4).eval()
     args = dict(num_generations=4, max_new_tokens=9, stop_token_ids=list(range(40)), pad_token_id=0, seeds=[1, 2])
     free = sample_traces(model, [[3, 4], [5]], **args)
-    fixed = sample_traces(model, [[3, 4], [5]], **args, min_new_tokens=9)
+    fixed = sample_traces(model, [[3, 4], [5]], **args, engine=EngineOptions(fixed_length=True))
     assert any(len(t) < 9 for t in free)
     assert all(len(t) == 9 and not set(t) & set(range(40)) for t in fixed)
 
@@ -148,26 +146,13 @@ def bench_args(**kw):
     return Namespace(**args)
 
 
-@contextlib.contextmanager
-def plain():
-    """Every optimisation off, where the trainer calls into sampling and sequences."""
-    sample, logprobs = trainer_module.sample_traces, trainer_module.completion_logprobs
-    trainer_module.sample_traces = functools.partial(sample, preallocate_cache=False, attention_in_float32=False,
-                                                     share_prompt_cache=False)
-    trainer_module.completion_logprobs = functools.partial(logprobs, fused=False, attention_in_float32=False)
-    try:
-        yield
-    finally:
-        trainer_module.sample_traces, trainer_module.completion_logprobs = sample, logprobs
-
-
 def test_same_seed_same_rewards_with_and_without_the_optimisations():
     fast, _, _ = build_trainer(bench_args())
-    slow, _, _ = build_trainer(bench_args())
+    slow, _, _ = build_trainer(bench_args(), **vars(PLAIN))
+    assert slow.engine == PLAIN
     for _ in range(2):  # the second step runs on updated weights
         a = fast.train_step()
-        with plain():
-            b = slow.train_step()
+        b = slow.train_step()
         for key in ("reward_mean", "reward_std", "answer_logprob", "answer_logprob_no_trace", "trace_length_mean",
                     "loss", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
@@ -178,8 +163,8 @@ def assert_within_bf16_tolerance(out, scored, ref_out, ref_scored):
     """The stated bf16 tolerances of `micro_batch_loss` results against a reference on the same
     traces: per-trace rewards within 1%, answer log-likelihoods and the loss within 0.1%; and
     the answer log-likelihoods not equal (the arithmetic under test really differed)."""
-    r, ref_r = scored.stats["reward"], ref_scored.stats["reward"]
-    a, ref_a = scored.stats["answer_logprob"], ref_scored.stats["answer_logprob"]
+    r, ref_r = scored.stats.reward, ref_scored.stats.reward
+    a, ref_a = scored.stats.answer_logprob, ref_scored.stats.answer_logprob
     assert ((r - ref_r).abs() / ref_r.abs()).max() <= 1e-2
     assert ((a - ref_a).abs() / ref_a.abs()).max() <= 1e-3
     assert abs(out.loss.item() - ref_out.loss.item()) <= 1e-3 * abs(ref_out.loss.item())
@@ -209,7 +194,7 @@ def test_synthetic_examples_are_reproducible():
 def test_chunked_output_layer_under_autocast_equals_a_cast_per_chunk_and_keeps_one_weight_copy(bias, monkeypatch):
     """bf16 autocast: the output layer's cast weight is made once for all chunks, with the values
     and gradients of autocast casting it anew for each chunk, and one copy saved for the backward."""
-    import nrt.token_logprobs as tl
+    import nrt.engine.token_logprobs as tl
 
     monkeypatch.setattr(tl, "HEAD_CHUNK_BYTES", 2 * 300 * 7)  # 7 rows per chunk: 8 chunks
     torch.manual_seed(0)
@@ -243,7 +228,7 @@ def test_chunked_output_layer_under_autocast_equals_a_cast_per_chunk_and_keeps_o
 
 
 def test_chunks_are_sized_by_device_type():
-    from nrt.token_logprobs import CHUNK_BYTES, DEVICE_CHUNK_BYTES, chunk_rows
+    from nrt.engine.token_logprobs import CHUNK_BYTES, DEVICE_CHUNK_BYTES, chunk_rows
 
     vocab_row = 4 * 128_256  # one float32 row of a 128k vocabulary
     assert chunk_rows(vocab_row, torch.device("cpu"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 4
@@ -253,7 +238,7 @@ def test_chunks_are_sized_by_device_type():
 
 # --------------------------------------------------------------------------- the lean and the compiled decoding step
 def tiny_family(model_type: str, seed: int = 0):
-    """A float64 model of each family `nrt.decode_step` supports: GQA (4 query heads, 2 kv heads),
+    """A float64 model of each family `nrt.engine.decode_step` supports: GQA (4 query heads, 2 kv heads),
     qwen2's q/k/v biases and qwen3's per-head q/k norms included."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -279,12 +264,12 @@ FAMILY_PROMPTS = [[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]]
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
 def test_decode_step_samples_what_the_models_own_forward_samples(model_type):
-    from nrt.decode_step import supports
-    from nrt.sampling import _grouped_decoding_supported
+    from nrt.engine.decode_step import supports
+    from nrt.engine.sampling import _grouped_decoding_supported
 
     model = tiny_family(model_type)
     assert _grouped_decoding_supported(model) and supports(model)  # the lean step is really taken
-    lean = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, lean_step=True)
+    lean = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, engine=EngineOptions(lean_step=True))
     forward = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
     assert lean == forward
     assert len({len(t) for t in lean}) > 2  # rows stopped at different steps: the dropped-row path ran
@@ -294,14 +279,14 @@ def test_decode_step_under_bf16_autocast_samples_what_the_forward_samples():
     model = lively(tiny_llama(64, hidden=32, layers=2, seed=1), std=0.4).eval()
     args = dict(FAMILY_ARGS, max_new_tokens=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        lean = sample_traces(model, FAMILY_PROMPTS, **args, lean_step=True)
+        lean = sample_traces(model, FAMILY_PROMPTS, **args, engine=EngineOptions(lean_step=True))
         forward = sample_traces(model, FAMILY_PROMPTS, **args)
     assert lean == forward
     assert len({len(t) for t in lean}) > 2
 
 
 def test_decode_step_is_not_used_where_it_would_skip_a_hook():
-    from nrt.decode_step import supports
+    from nrt.engine.decode_step import supports
 
     model = tiny_family("llama")
     assert supports(model)
@@ -313,7 +298,7 @@ def test_decode_step_is_not_used_where_it_would_skip_a_hook():
 
 
 def test_decode_step_is_used_under_accelerates_mixed_precision_wrapper():
-    from nrt.decode_step import supports
+    from nrt.engine.decode_step import supports
 
     from accelerate.state import AcceleratorState
 
@@ -338,7 +323,7 @@ def test_compiled_decoding_gives_the_same_traces_in_float64(model_type):
     eager = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
     torch._dynamo.reset()
     before = compiled_graphs()
-    compiled = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, compile_step=True)
+    compiled = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, engine=EngineOptions(compile_step=True))
     assert compiled_graphs() > before  # it really compiled (fullgraph: a graph break would raise)
     assert compiled == eager
     assert len({len(t) for t in eager}) > 2
@@ -348,12 +333,12 @@ def test_compile_step_warns_where_the_model_decodes_through_its_forward():
     model = tiny_family("llama")
     model.model.layers[0].register_forward_hook(lambda module, args, out: out)
     with pytest.warns(UserWarning, match="decodes through its forward, uncompiled"):
-        traces = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, compile_step=True)
+        traces = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, engine=EngineOptions(compile_step=True))
     assert traces == sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
 
 
 def test_compiled_decoding_logits_within_float32_rounding():
-    from nrt.decode_step import compiled_decode_step, decode_step
+    from nrt.engine.decode_step import compiled_decode_step, decode_step
 
     model = tiny_family("qwen2", seed=2).float()
     g = torch.Generator().manual_seed(0)
@@ -408,7 +393,7 @@ def test_torch_compile_rewards_and_loss_under_bf16_within_tolerance_of_eager():
 
 
 def test_torch_compile_needs_decoder_layers():
-    from nrt.trainer import compile_decoder_layers
+    from nrt.training.base import compile_decoder_layers
 
     with pytest.raises(ValueError, match="trainer.torch_compile: no decoder layers found in Linear"):
         compile_decoder_layers(torch.nn.Linear(2, 2))

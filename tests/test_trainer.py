@@ -11,8 +11,8 @@ from nrt.data import load_qa_records, tokenize_records
 from nrt.rewards import aggregate
 from nrt.advantages import group_norm, normalize_token_signal
 from nrt.loss import LossInputs, nrt_loss
-from nrt.sequences import completion_logprobs, gather_columns, pack
-from nrt.trainer import NRTTrainer
+from nrt.engine.sequences import completion_logprobs, gather_columns, pack
+from nrt.training.api import make_trainer as trainer_for
 
 
 def make_trainer(model_dir, data_file, tmp_path, **trainer_options):
@@ -31,7 +31,7 @@ def make_trainer(model_dir, data_file, tmp_path, **trainer_options):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples, _ = tokenize_records(load_qa_records(data_file), tokenizer, "{question}\n", 64, 16)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    return NRTTrainer(config, model, tokenizer, examples)
+    return trainer_for(config, model, tokenizer, examples)  # NRTTrainer, or SFTTrainer for objective sft
 
 
 def grads_of(model):

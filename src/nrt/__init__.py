@@ -1,9 +1,24 @@
-"""nrt: Native Reasoning Training.
+"""nrt: Native Reasoning Training on any Hugging Face causal LM.
 
-Teach a causal language model to think before it answers from question-answer pairs
-alone: the model samples its own reasoning traces, each trace is rewarded by how likely
-the model then finds the reference answer, and one loss trains the trace (RL) and the
-answer (supervised). See README.md and docs/ for the method and its results.
+    import nrt
+    config = nrt.resolve_config(method="nrt", model="path/to/model", data="qa.jsonl", output_dir="runs/a",
+                                overrides=["trainer.max_steps=200"])
+    result = nrt.train(config)   # RunResult; raises ConfigError, DataError, ModelLoadError, CollapseStop
+
+The names are loaded on first use, so `import nrt` (and `nrt --help`) stays fast.
 """
 
 __version__ = "0.1.0"
+
+_API = {"train": "nrt.training.api", "resolve_config": "nrt.training.api", "RunResult": "nrt.training.api",
+        "Config": "nrt.config", "NRTError": "nrt.errors", "ConfigError": "nrt.errors", "DataError": "nrt.errors",
+        "ModelLoadError": "nrt.errors", "CollapseStop": "nrt.errors"}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'nrt' has no attribute {name!r}")

@@ -19,8 +19,7 @@ from typing import Literal
 import yaml
 
 
-class ConfigError(ValueError):
-    """A bad option name or value; the message names the option."""
+from nrt.errors import ConfigError
 
 
 def opt(default, help: str, **kwargs):

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from nrt.errors import DataError
+
 SUPPORTED = ".jsonl, .json, .csv, .parquet, or a directory written by datasets' save_to_disk"
-
-
-class DataError(ValueError):
-    """A problem in the user's data; the message is one line naming the place."""
 
 
 @dataclass(frozen=True)

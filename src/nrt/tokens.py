@@ -10,6 +10,11 @@ import torch
 RESPONSE_START = "<|response_start|>"
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id that pads rows: the tokenizer's pad token, else eos (padding is always masked out)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def ensure_response_start_token(model, tokenizer) -> int:
     """Add `<|response_start|>` to the tokenizer when missing and return its id.
 

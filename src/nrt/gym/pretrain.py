@@ -261,3 +261,21 @@ def train_reasoning_gain(model, tok, items: dict, seed: int, log=print, question
             log(f"reasoning gain on {task} training questions: {mean:+.3f} ± {stderr:.3f} nats "
                 f"({len(sample)} questions x {GAIN_TRACES} traces; {verdict})")
     return report
+
+
+BASE_PRETRAIN = {"tasks": ("multihop",), "steps": 600}  # models/gym-base, the demo's base
+
+
+def ensure_base(base: Path, log=print, **pretrain_options) -> Path:
+    """`base` when it holds a model, else pretrain one there (BASE_PRETRAIN unless options are given)."""
+    if (base / "model.safetensors").is_file():
+        return base
+    options = pretrain_options or BASE_PRETRAIN
+    log(f"no base model in {base}: pretraining it once ({options['steps']} steps; "
+        f"the demo's 600 took 12 minutes on 2 CPU cores)")
+    pretrain(PretrainConfig(output_dir=str(base), **options))
+    return base
+
+
+def pretrain_command(options: dict = BASE_PRETRAIN) -> str:
+    return f"nrt gym pretrain --tasks {','.join(options['tasks'])} --steps {options['steps']}"

@@ -109,16 +109,26 @@ def reasoning_gain(model, tok, items: list[T.Item], k: int = 4, max_new_tokens: 
     return reasoning_gains(model, tok, items, k, max_new_tokens).mean().item()
 
 
-def reasoning_gains(model, tok, items: list[T.Item], k: int = 4, max_new_tokens: int = 160) -> torch.Tensor:
-    """The per-sample gains [len(items) * K] behind `reasoning_gain`."""
-    rs = tok.convert_tokens_to_ids(RESPONSE_START)
+def reasoning_gains(model, tok, items: list[T.Item], k: int = 4, max_new_tokens: int = 160,
+                    seed: int = 0) -> torch.Tensor:
+    """The per-sample gains [len(items) * K] behind `reasoning_gain`, measured as `nrt eval` and the
+    trainer do (`nrt.evaluation.evaluate.answer_logprobs`)."""
+    from nrt.evaluation.evaluate import answer_logprobs
+    from nrt.engine.sampling import question_seed
+    from nrt.tokens import pad_token_id
+
+    rs, eos = tok.convert_tokens_to_ids(RESPONSE_START), tok.eos_token_id
     prompts = [prompt_ids(tok, i.question) for i in items]
-    rows = generate_rows(model, tok, [p for p in prompts for _ in range(k)], "free", max_new_tokens, sample=True)
-    traces = [row[: row.index(rs)] if rs in row else row for row in rows]
-    refs = [i.answer for i in items for _ in range(k)]
-    with_trace = answer_logprob(model, tok, [p + t for p, t in zip([p for p in prompts for _ in range(k)], traces)], refs)
-    direct = answer_logprob(model, tok, prompts, [i.answer for i in items])
-    return with_trace - direct.repeat_interleave(k)
+    answers = [tok(i.answer, add_special_tokens=False)["input_ids"] + [eos] for i in items]
+    with_trace, direct = [], []
+    for s in range(0, len(items), 64):
+        w, d = answer_logprobs(model, prompts[s:s + 64], answers[s:s + 64], num_generations=k,
+                               max_trace_tokens=max_new_tokens,
+                               seeds=[question_seed(seed, s + j) for j in range(len(prompts[s:s + 64]))],
+                               response_start_id=rs, eos_id=eos, pad_id=pad_token_id(tok))
+        with_trace.append(w.cpu())
+        direct.append(d.cpu())
+    return torch.cat(with_trace) - torch.cat(direct).repeat_interleave(k)
 
 
 def probe_items(model, tok, items: list[T.Item], world: W.World | None = None,

@@ -25,6 +25,9 @@ fingerprint (bbh_hashes.py), and so is an optional `exclude` set.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -377,3 +380,18 @@ def new_item(task: str, rng: random.Random) -> Item:
     if task == "multistep_arithmetic_two":
         return arith_item(random_arith_expression(rng))
     raise ValueError(f"unknown task {task!r}")
+
+
+def write_splits(output_dir: str, items: dict) -> dict[str, dict[str, int]]:
+    """DIR/<task>/<split>.jsonl for the train/validation/test splits; returns the counts."""
+    counts = {}
+    for task, splits in items.items():
+        folder = Path(output_dir) / task
+        folder.mkdir(parents=True, exist_ok=True)
+        counts[task] = {}
+        for split in SPLITS:
+            with open(folder / f"{split}.jsonl", "w") as f:
+                for it in splits[split]:
+                    f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
+            counts[task][split] = len(splits[split])
+    return counts

@@ -1,6 +1,6 @@
 """log pi(token) from hidden states or logits without full-size [N, V] temporaries.
 
-Two pieces, used by `nrt.sequences.completion_logprobs`:
+Two pieces, used by `nrt.engine.sequences.completion_logprobs`:
 
 - `token_logprobs(logits [N, V], targets [N])`: log-softmax at the target, and the entropy, in
   one chunked pass (chunks of rows small enough to stay in cache). Backward recomputes the

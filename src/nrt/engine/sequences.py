@@ -10,14 +10,15 @@ P - 1 .. P + C - 2 of every row. Position ids count real tokens only, so a left-
 sees the same positions as unpadded.
 
 `completion_logprobs` does the work of the NRT step's forward passes; each of its speed-ups
-has a switch (off = the plain computation, for the equivalence tests):
-- `fused`: only positions predicting a real completion token reach the output layer (a
+has a switch in `nrt.engine.options.EngineOptions` (off = the plain computation, for the
+equivalence tests):
+- `fused_logprobs`: only positions predicting a real completion token reach the output layer (a
   boolean `logits_to_keep`), and log-softmax, gather and entropy run in one chunked pass
-  (`nrt.token_logprobs`);
+  (`nrt.engine.token_logprobs`);
 - `fuse_head`: the output layer runs chunk by chunk inside that pass (no [N, V] logits);
 - `share_prompts`: the K rows of a group run their common prompt once (a KV cache with its
   gradient path, repeated to the rows);
-- `attention_in_float32`: float32 attention on the CPU (`nrt.cpu_attention`).
+- `attention_in_float32`: float32 attention on the CPU (`nrt.engine.cpu_attention`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nrt.cpu_attention import float32_attention
-from nrt.token_logprobs import head_token_logprobs, lm_head_rows, unwrap
+from nrt.engine.cpu_attention import float32_attention
+from nrt.engine.options import EngineOptions
+from nrt.engine.token_logprobs import head_token_logprobs, lm_head_rows, unwrap
 
 
 @dataclass
@@ -57,20 +59,20 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int, de
     return batch
 
 
-def completion_logprobs(model, batch: PackedBatch, with_entropy: bool = False, *, fused: bool = True,
-                        fuse_head: bool = True, share_prompts: bool = True, attention_in_float32: bool = True):
+def completion_logprobs(model, batch: PackedBatch, with_entropy: bool = False,
+                        engine: EngineOptions = EngineOptions()):
     """log pi(token) for every completion token [B, C] (0 at padding), and optionally the
     policy's entropy at those positions [B, C] (no grad).
 
     Gradients flow through the log-probabilities when called outside `torch.no_grad()`.
-    The switches are described in the module docstring; all on by default, and the values
-    agree with the plain computation up to float rounding.
+    The switches of `engine` are described in the module docstring; all on by default, and
+    the values agree with the plain computation up to float rounding.
     """
-    with float32_attention(model, enabled=attention_in_float32):
-        if not fused:
+    with float32_attention(model, enabled=engine.attention_in_float32):
+        if not engine.fused_logprobs:
             return _completion_logprobs_reference(model, batch, with_entropy)
-        groups = prompt_groups(batch) if share_prompts and full_attention_only(model) else None
-        with lm_head_rows(model, enabled=fuse_head) as head:
+        groups = prompt_groups(batch) if engine.share_prompts and full_attention_only(model) else None
+        with lm_head_rows(model, enabled=engine.fuse_head) as head:
             if groups is not None:
                 return _shared_prompt_logprobs(model, batch, groups, head, with_entropy)
             return _row_logprobs(model, batch, head, with_entropy)

@@ -1,4 +1,4 @@
-"""The `nrt` command line. Library code raises; only this module turns errors into exit codes.
+"""The `nrt` command line. Library code raises; only this package turns errors into exit codes.
 
 Exit code 2 means bad input (an option, a config file, a data record): one line on stderr
 names the place, and nothing has been written to the output directory. Exit code 3 means
@@ -12,16 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-USAGE_ERROR = 2
-COLLAPSE_STOP = 3  # training.on_collapse=stop ended the run
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
-
-
-def fail(message: str) -> "NoReturn":  # noqa: F821
-    raise UsageError(message)
+from nrt.commands.usage import COLLAPSE_STOP, USAGE_ERROR, UsageError, fail  # noqa: F401  (USAGE_ERROR: tests)
 
 
 # --------------------------------------------------------------------------- train
@@ -49,96 +40,20 @@ def add_train(sub) -> None:
 
 
 def build_config(args):
-    from nrt.config import Config, ConfigError, apply_overrides, load_yaml, set_option, validate
+    from nrt.training.api import resolve_config
 
-    from nrt.presets import preset_overrides
-
-    try:
-        config = Config()
-        if args.method:
-            try:
-                preset = preset_overrides(args.method)
-            except ValueError as e:
-                raise ConfigError(f"--method: {e}") from None
-            for key, value in preset.items():
-                set_option(config, key, value)
-        if args.config:
-            load_yaml(args.config, config)
-        apply_overrides(config, args.overrides)
-        for flag, dotted in (("model", "model.model_name_or_path"), ("data", "data.path"),
-                             ("output_dir", "trainer.output_dir")):
-            if getattr(args, flag):
-                apply_overrides(config, [f"{dotted}={getattr(args, flag)}"])
-        validate(config)
-    except ConfigError as e:
-        fail(str(e))
-    return config
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        fail(f"--model {path}: cannot load a tokenizer ({str(e).splitlines()[0]})")
-    if tokenizer.eos_token_id is None:
-        fail(f"--model {path}: the tokenizer has no eos token")
-    return tokenizer
-
-
-def load_examples(config, tokenizer, path=None):
-    """Read and validate a whole dataset (before the model is loaded): (examples, references, skipped)."""
-    from nrt.data import DataError, load_qa_records, tokenize_records
-
-    d = config.data
-    try:
-        records = load_qa_records(path or d.path, d.question_field, d.answer_field, d.messages_field or None)
-        examples, skipped = tokenize_records(
-            records, tokenizer, d.prompt_template, d.max_prompt_length, d.max_answer_length, d.skip_overlong
-        )
-    except (DataError, ValueError) as e:
-        fail(str(e))
-    kept = {ex.source for ex in examples}
-    return examples, [r.answer for r in records if r.source in kept], skipped
+    return resolve_config(args.method, args.config, args.overrides, model=args.model, data=args.data,
+                          output_dir=args.output_dir)
 
 
 def run_train(args) -> None:
+    from nrt.training.api import train
+
     config = build_config(args)
-    out = Path(config.trainer.output_dir)
-    has_run = out.is_dir() and any(out.glob("checkpoint-*"))
-    if has_run and not args.resume:
-        fail(f"--output-dir {out}: holds an earlier run; pass --resume to continue it or choose another directory")
-    if args.resume and not has_run:
-        fail(f"--output-dir {out}: no checkpoint to resume from")
-    tokenizer = load_tokenizer(config.model.model_name_or_path)
-    examples, _, skipped = load_examples(config, tokenizer)
-    eval_set = None
-    if config.data.eval_path:
-        from nrt.trainer import EvalSet
-
-        eval_examples, references, _ = load_examples(config, tokenizer, config.data.eval_path)
-        eval_set = EvalSet(eval_examples, references)
     is_main = os.environ.get("RANK", "0") == "0"  # under accelerate launch / torchrun, one process reports
+    result = train(config, resume=args.resume, log=print if is_main else (lambda *_: None))
     if is_main:
-        print(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from nrt.trainer import NRTTrainer
-
-    dtype = getattr(torch, config.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
-    trainer = NRTTrainer(config, model, tokenizer, examples, eval_set=eval_set)
-    trainer.train(resume=args.resume)
-    if trainer.stopped_by_collapse:
-        if is_main:
-            print(f"stopped: {trainer.stopped_by_collapse}; the last healthy checkpoint is kept in {out}",
-                  file=sys.stderr)
-        raise SystemExit(COLLAPSE_STOP)
-    if is_main:
-        print(f"done: {trainer.step} steps; model and metrics in {out}")
+        print(f"done: {result.steps} steps; model and metrics in {result.output_dir}")
 
 
 # --------------------------------------------------------------------------- generate
@@ -169,22 +84,21 @@ def run_generate(args) -> None:
             fail(f"--questions {path}: not valid UTF-8")
     else:
         questions = [args.question]
-    tokenizer = load_tokenizer(args.model)
-    from transformers import AutoModelForCausalLM
-
     from nrt.data import encode_prompts
-    from nrt.generation import think_then_answer
-    from nrt.tokens import RESPONSE_START, ensure_response_start_token
+    from nrt.engine.generation import think_then_answer
+    from nrt.model_loading import load_model, load_tokenizer
+    from nrt.tokens import RESPONSE_START, ensure_response_start_token, pad_token_id
+
+    tokenizer = load_tokenizer(args.model)
 
     try:
         prompts = encode_prompts(tokenizer, questions, args.prompt_template)
     except ValueError as e:
         fail(f"--prompt-template: {e}")
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    model = load_model(args.model).eval()
     rs = ensure_response_start_token(model, tokenizer)
     results = think_then_answer(
-        model, prompts, response_start_id=rs, eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        model, prompts, response_start_id=rs, eos_id=tokenizer.eos_token_id, pad_id=pad_token_id(tokenizer),
         max_trace_tokens=args.max_trace_tokens, max_answer_tokens=args.max_answer_tokens,
         temperature=args.temperature, seed=args.seed,
     )
@@ -195,17 +109,6 @@ def run_generate(args) -> None:
 
 
 # --------------------------------------------------------------------------- eval
-
-
-def default_bbh_dir() -> Path:
-    """BIG-Bench-Hard files: $NRT_BBH_DIR, else ../shared/data/bbh beside the working dir or the repo."""
-    if os.environ.get("NRT_BBH_DIR"):
-        return Path(os.environ["NRT_BBH_DIR"])
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base.parent / "shared" / "data" / "bbh"
-        if candidate.is_dir():
-            return candidate
-    return Path("../shared/data/bbh")
 
 
 def add_eval(sub) -> None:
@@ -229,7 +132,9 @@ def add_eval(sub) -> None:
 
 
 def run_eval(args) -> None:
-    from nrt.data import DataError, load_qa_records, tokenize_records
+    from nrt.data import load_qa_records, tokenize_records
+    from nrt.evaluation.evaluate import default_bbh_dir
+    from nrt.model_loading import load_model, load_tokenizer
 
     if args.bbh:
         bbh_dir = Path(args.bbh_dir) if args.bbh_dir else default_bbh_dir()
@@ -251,15 +156,13 @@ def run_eval(args) -> None:
     try:
         records = load_qa_records(path, *fields, messages_field=None)[: args.limit]
         examples, _ = tokenize_records(records, tokenizer, args.prompt_template, 10**6, 10**6)
-    except (DataError, ValueError) as e:
+    except ValueError as e:  # DataError, or a prompt template that does not render
         fail(str(e))
 
-    from transformers import AutoModelForCausalLM
-
-    from nrt.evaluate import EvalConfig, evaluate, write_report
+    from nrt.evaluation.evaluate import EvalConfig, evaluate, write_report
     from nrt.tokens import ensure_response_start_token
 
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    model = load_model(args.model).eval()
     rs = ensure_response_start_token(model, tokenizer)
     cfg = EvalConfig(args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed, args.force_trace)
     summary, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
@@ -303,7 +206,8 @@ def add_compare(sub) -> None:
 
 
 def run_compare(args) -> None:
-    from nrt.experiments import EvalFile, Experiment, run
+    from nrt.evaluation.evaluate import default_bbh_dir
+    from nrt.experiments.compare import EvalFile, Experiment, run
     from nrt.presets import PRESETS
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -346,9 +250,9 @@ def run_compare(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nrt", description="Native Reasoning Training")
     sub = parser.add_subparsers(dest="command", required=True)
-    from nrt.bench import add_bench
-    from nrt.demo import add_demo
-    from nrt.gym.cli import register as add_gym
+    from nrt.commands.bench import add_bench
+    from nrt.commands.demo import add_demo
+    from nrt.commands.gym import register as add_gym
 
     add_train(sub)
     add_generate(sub)
@@ -380,9 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [x for x in extra if x not in args.overrides]
     if unknown or (args.overrides and not getattr(args, "accepts_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
+    from nrt.errors import CollapseStop, NRTError
+
     try:
         args.func(args)
-    except UsageError as e:
+    except CollapseStop as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(str(e), file=sys.stderr)
+        return COLLAPSE_STOP
+    except (UsageError, NRTError) as e:
         print(f"nrt {args.command}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     return 0

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 BASE_DIR = "models/gym-base"
-PRETRAIN = {"tasks": ("multihop",), "steps": 600}
 COMMON = [  # both methods
     "trainer.learning_rate=1e-4", "trainer.warmup_ratio=0.05", "trainer.max_completion_length=48",
     "trainer.bf16=true", "trainer.save_steps=1000", "trainer.eval_batch_size=144", "data.max_answer_length=16",
@@ -43,26 +42,11 @@ def add_demo(sub) -> None:
     p.set_defaults(func=run_demo)
 
 
-def ensure_base(base: Path, log=print, **pretrain_options) -> Path:
-    """`base` when it holds a model, else pretrain one there (PRETRAIN unless options are given)."""
-    if (base / "model.safetensors").is_file():
-        return base
-    from nrt.gym.pretrain import PretrainConfig, pretrain
-
-    options = pretrain_options or PRETRAIN
-    log(f"no base model in {base}: pretraining it once ({options['steps']} steps; "
-        f"the demo's 600 took 12 minutes on 2 CPU cores)")
-    pretrain(PretrainConfig(output_dir=str(base), **options))
-    return base
-
-
-def pretrain_command(options: dict = PRETRAIN) -> str:
-    return f"nrt gym pretrain --tasks {','.join(options['tasks'])} --steps {options['steps']}"
-
-
 def run_demo(args) -> None:
-    from nrt.cli import default_bbh_dir, fail
-    from nrt.experiments import EvalFile, Experiment, run
+    from nrt.commands.usage import fail
+    from nrt.evaluation.evaluate import default_bbh_dir
+    from nrt.gym.pretrain import ensure_base
+    from nrt.experiments.compare import EvalFile, Experiment, run
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -73,8 +57,8 @@ def run_demo(args) -> None:
     pretrain_report = json.loads((base / "gym.json").read_text())
     data = out / "data"
     if not (data / "multihop" / "test.jsonl").is_file():
-        from nrt.gym.cli import write_splits
         from nrt.gym.probe import gym_corpus_of
+        from nrt.gym.tasks import write_splits
 
         corpus = gym_corpus_of(str(base))
         write_splits(str(data), {"multihop": corpus.items["multihop"]})
@@ -111,6 +95,8 @@ def gain_sentence(pretrain_report: dict) -> str:
 def write_results(path: Path, out: Path, summary: dict, seeds: list[int], pretrain_report: dict) -> None:
     """docs/RESULTS.md: the demo's table over seeds, the plots, and how each split was used."""
     import shutil
+
+    from nrt.gym.pretrain import pretrain_command
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = path.parent / "results_curves.png"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nrt.sequences import PackedBatch, pack
+from nrt.engine.sequences import PackedBatch, gather_columns, pack
 
 
 @dataclass
@@ -33,6 +33,18 @@ class Rollout:
     num_generations: int
     distinct_2: torch.Tensor  # [B] distinct 2-gram ratio within the trace (NaN when shorter than 2)
     distinct_3: torch.Tensor  # [B] distinct 3-gram ratio within the trace (NaN when shorter than 3)
+
+    def answer_columns(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The answer tokens' columns of per-completion-token values [B, C]: ([B, T], mask [B, T])."""
+        return gather_columns(values, self.answer_start, self.answer_length)
+
+
+def split_trace(trace: list[int], response_start_id: int, eos_id: int) -> tuple[list[int], bool]:
+    """A sampled trace as (its body, whether the model emitted `<|response_start|>` itself).
+
+    The body drops a final `<|response_start|>` or eos; a trace cut at its length limit is all body."""
+    emitted = bool(trace) and trace[-1] == response_start_id
+    return (trace[:-1] if trace and trace[-1] in (response_start_id, eos_id) else trace), emitted
 
 
 def distinct_ratio(tokens: list[int], n: int) -> float:
@@ -57,8 +69,7 @@ def build_rollout(
     rows_prompt, completions, trace_len, emitted, bodies = [], [], [], [], []
     for row, trace in enumerate(traces):
         q = row // k
-        self_emitted = bool(trace) and trace[-1] == response_start_id
-        body = trace[:-1] if trace and trace[-1] in (response_start_id, eos_id) else trace
+        body, self_emitted = split_trace(trace, response_start_id, eos_id)
         rows_prompt.append(prompts[q])
         completions.append(body + [response_start_id] + answers[q])
         trace_len.append(len(body))

@@ -20,11 +20,12 @@ from transformers import AttentionInterface, Cache, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from nrt.cpu_attention import NAME as FLOAT32_SDPA
-from nrt.cpu_attention import attention_implementation, float32_attention, uses_float32_attention
-from nrt.decode_step import SUPPORTED_MODEL_TYPES, compiled_decode_step, decode_step, grouped_attention
-from nrt.decode_step import supports as decode_step_supports
-from nrt.sequences import full_attention_only
+from nrt.engine.cpu_attention import NAME as FLOAT32_SDPA
+from nrt.engine.cpu_attention import attention_implementation, float32_attention, uses_float32_attention
+from nrt.engine.decode_step import SUPPORTED_MODEL_TYPES, compiled_decode_step, decode_step, grouped_attention
+from nrt.engine.decode_step import supports as decode_step_supports
+from nrt.engine.options import EngineOptions
+from nrt.engine.sequences import full_attention_only
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -108,7 +109,7 @@ class SharedPrefix:
 
 def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, nrt_shared_prefix=None,
                              **kwargs):
-    """transformers' attention interface over `nrt.decode_step.grouped_attention`: one new token
+    """transformers' attention interface over `nrt.engine.decode_step.grouped_attention`: one new token
     per row [B, H, 1, D] attending to its group's prompt (the SharedPrefix) and its own trace
     (key/value [B, H_kv, T, D] from this row's cache), in float32 on the CPU."""
     prefix = nrt_shared_prefix
@@ -148,6 +149,12 @@ def run_eagerly():
     return torch.compiler.set_stance("force_eager")
 
 
+def question_seed(run_seed: int, position: int) -> int:
+    """The sampling seed of one question: its traces depend on the run's seed and the question's
+    place in the question stream only (not on batching or the number of processes)."""
+    return run_seed * 1_000_003 + position
+
+
 def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Next token per row [N] from logits [N, V] and uniform numbers u [N]; temperature 0 is greedy.
 
@@ -183,107 +190,132 @@ def sample_traces(
     temperature: float = 1.0,
     top_p: float = 1.0,
     forbid_first: list[int] | None = None,
-    min_new_tokens: int = 0,
-    preallocate_cache: bool = True,
-    attention_in_float32: bool = True,
-    share_prompt_cache: bool = True,
-    lean_step: bool = False,
-    compile_step: bool = False,
+    engine: EngineOptions = EngineOptions(),
 ) -> list[list[int]]:
     """Sample `num_generations` continuations per prompt; rows are group-major (q*K + k).
 
     A row stops after emitting one of `stop_token_ids` (the stop token is kept) or after
     `max_new_tokens` tokens. `forbid_first` lists tokens that may not be the first one
-    (used to force a trace by forbidding an immediate `<|response_start|>`). The stop tokens
-    cannot be drawn before `min_new_tokens` tokens (TRL's `min_new_tokens`; benchmarks use it
-    to make every trace exactly `max_new_tokens` long). `preallocate_cache=False` uses
-    transformers' DynamicCache, which grows by concatenation (slower; kept for tests). On the
-    CPU, attention runs in float32 with a float32 cache (`nrt.cpu_attention`) unless
-    `attention_in_float32=False`. With `share_prompt_cache` (and a supported model: see
+    (used to force a trace by forbidding an immediate `<|response_start|>`). The switches of
+    `engine` (`nrt.engine.options`): `fixed_length` masks the stop tokens until the limit, so
+    every trace is exactly `max_new_tokens` long (TRL's `min_new_tokens`, for benchmarks);
+    `preallocate_cache=False` uses transformers' DynamicCache, which grows by concatenation;
+    on the CPU, attention runs in float32 with a float32 cache (`nrt.engine.cpu_attention`)
+    unless `attention_in_float32=False`; with `share_prompt_cache` (and a supported model: see
     `_grouped_decoding_supported`) the K rows of a group read one copy of their prompt's keys
-    and values instead of K copies (`grouped_decode_attention`). With `compile_step` each token
-    is decoded by `nrt.decode_step.decode_step` under torch.compile instead of the model's
-    forward (the same computation; `lean_step` runs it eagerly, for tests), where the model
-    allows it (`nrt.decode_step.supports`); elsewhere `compile_step` warns once and decodes
+    and values instead of K copies (`grouped_decode_attention`); with `compile_step` each token
+    is decoded by `nrt.engine.decode_step.decode_step` under torch.compile instead of the
+    model's forward (the same computation; `lean_step` runs it eagerly), where the model allows
+    it (`nrt.engine.decode_step.supports`); elsewhere `compile_step` warns once and decodes
     through the forward.
     """
-    float32_cache = attention_in_float32 and uses_float32_attention(model)
-    grouped = share_prompt_cache and preallocate_cache and num_generations > 1 and _grouped_decoding_supported(model)
-    with float32_attention(model, enabled=attention_in_float32):
-        return _sample(
-            model, prompts, num_generations, max_new_tokens, stop_token_ids, pad_token_id, seeds, temperature,
-            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped, lean_step, compile_step,
-        )
+    float32_cache = engine.attention_in_float32 and uses_float32_attention(model)
+    grouped = (engine.share_prompt_cache and engine.preallocate_cache and num_generations > 1
+               and _grouped_decoding_supported(model))
+    decoding = _Decoding(num_generations, max_new_tokens, stop_token_ids, pad_token_id, temperature, top_p,
+                         forbid_first, max_new_tokens if engine.fixed_length else 0, engine.preallocate_cache,
+                         float32_cache, grouped, engine.lean_step, engine.compile_step)
+    with float32_attention(model, enabled=engine.attention_in_float32):
+        return _sample(model, prompts, seeds, decoding)
 
 
-def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad_token_id, seeds, temperature,
-            top_p, forbid_first, min_new_tokens, preallocate_cache, float32_cache, grouped, lean_step,
-            compile_step) -> list[list[int]]:
-    k = num_generations
-    device = next(model.parameters()).device
-    q, n = len(prompts), len(prompts) * num_generations
-    width = max(len(p) for p in prompts)
-    steps = max(max_new_tokens, 1)
+@dataclass(frozen=True)
+class _Decoding:
+    """What `_sample` needs besides the model, the prompts and their seeds."""
+
+    num_generations: int
+    max_new_tokens: int
+    stop_token_ids: list[int]
+    pad_token_id: int
+    temperature: float
+    top_p: float
+    forbid_first: list[int] | None
+    min_new_tokens: int
+    preallocate_cache: bool
+    float32_cache: bool
+    grouped: bool
+    lean_step: bool
+    compile_step: bool
+
+
+@dataclass
+class _Prefilled:
+    """The state after the prompt prefill, rows repeated K times (group-major)."""
+
+    logits: torch.Tensor  # [Q*K, V] next-token logits
+    cache: Cache  # the trace tokens' cache (grouped: per row; else prompt + trace)
+    extra: dict  # extra forward arguments (the SharedPrefix when grouped)
+    mask: torch.Tensor  # [Q*K, P + steps] attention mask, prompt columns left-padded
+    next_position: torch.Tensor  # [Q*K, 1]
+    width: int  # P: prompt columns
+
+
+def _prefill(model, prompts: list[list[int]], d: _Decoding, steps: int) -> _Prefilled:
+    """One forward over the left-padded prompts [Q, P] filling the cache, then K rows per prompt."""
+    k, device = d.num_generations, next(model.parameters()).device
+    q, width = len(prompts), max(len(p) for p in prompts)
     # one attention mask for the whole run: prompt columns (left-padded), then one column per step
     full_mask = torch.zeros((q, width + steps), dtype=torch.long)
-    ids = torch.full((q, width), pad_token_id, dtype=torch.long)
+    ids = torch.full((q, width), d.pad_token_id, dtype=torch.long)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         full_mask[row, width - len(prompt) :] = 1
     positions = (full_mask[:, :width].cumsum(-1) - 1).clamp_min(0)
-    uniforms = torch.stack(
-        [torch.rand(k, steps, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    ).flatten(0, 1).to(device)  # [Q*K, max_new]
-
-    cache_dtype = torch.float32 if float32_cache else None
-    if grouped:  # the prompt cache stays one per group; the trace tokens get a cache per row
+    cache_dtype = torch.float32 if d.float32_cache else None
+    if d.grouped:  # the prompt cache stays one per group; the trace tokens get a cache per row
         cache = _decoding_cache(model, width, cache_dtype)
-    elif preallocate_cache:
+    elif d.preallocate_cache:
         cache = _decoding_cache(model, width + steps, cache_dtype)
     else:
         cache = DynamicCache(config=model.config)
     full_mask = full_mask.to(device)
     with run_eagerly():
-        out = model(
-            input_ids=ids.to(device),
-            attention_mask=full_mask[:, :width],
-            position_ids=positions.to(device),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        out = model(input_ids=ids.to(device), attention_mask=full_mask[:, :width], position_ids=positions.to(device),
+                    cache=cache, use_cache=True, logits_to_keep=1)
     extra = {}
-    if grouped:
+    if d.grouped:
         prefix = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
-                              full_mask[:, :width].bool(), k, torch.arange(n, device=device))
+                              full_mask[:, :width].bool(), k, torch.arange(q * k, device=device))
         cache, extra = _decoding_cache(model, steps, cache_dtype), {"nrt_shared_prefix": prefix}
     else:
         cache.batch_repeat_interleave(k)
-    logits = out.logits[:, -1].float().repeat_interleave(k, 0)
-    full_mask = full_mask.repeat_interleave(k, 0)
-    next_position = positions[:, -1:].to(device).repeat_interleave(k, 0) + 1
+    return _Prefilled(out.logits[:, -1].float().repeat_interleave(k, 0), cache, extra,
+                      full_mask.repeat_interleave(k, 0), positions[:, -1:].to(device).repeat_interleave(k, 0) + 1,
+                      width)
 
-    lean = grouped and (lean_step or compile_step) and decode_step_supports(model)
-    if compile_step and not lean:
+
+def _sample(model, prompts: list[list[int]], seeds: list[int], d: _Decoding) -> list[list[int]]:
+    """Prefill, then one token per row per step; stopped rows leave the batch and the cache."""
+    k, n, device = d.num_generations, len(prompts) * d.num_generations, next(model.parameters()).device
+    steps = max(d.max_new_tokens, 1)
+    uniforms = torch.stack(
+        [torch.rand(k, steps, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    ).flatten(0, 1).to(device)  # [Q*K, steps]
+    state = _prefill(model, prompts, d, steps)
+    logits, cache, extra, full_mask, next_position, width = (
+        state.logits, state.cache, state.extra, state.mask, state.next_position, state.width)
+
+    lean = d.grouped and (d.lean_step or d.compile_step) and decode_step_supports(model)
+    if d.compile_step and not lean:
         warnings.warn("sample_traces(compile_step=True): this model decodes through its forward, uncompiled "
-                      "(nrt.decode_step needs transformers' own Llama/Mistral/Qwen2/Qwen3 class on the CPU, "
+                      "(nrt.engine.decode_step needs transformers' own Llama/Mistral/Qwen2/Qwen3 class on the CPU, "
                       "without hooks, and num_generations > 1)", stacklevel=3)
-    if lean:  # each row's trace keys/values in fixed buffers (`nrt.decode_step`)
+    if lean:  # each row's trace keys/values in fixed buffers (`nrt.engine.decode_step`)
         prefix = extra["nrt_shared_prefix"]
         trace_keys = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.keys]
         trace_values = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.values]
-        step = compiled_decode_step() if compile_step else decode_step
+        step = compiled_decode_step() if d.compile_step else decode_step
     sampled = torch.full((n, steps), -1, dtype=torch.long, device=device)  # -1 after a row stopped
     active = torch.arange(n, device=device)  # original row of each row still decoding
-    stop = torch.tensor(stop_token_ids, device=device)
-    for t in range(max_new_tokens):
-        if t == 0 and forbid_first:
-            logits[:, forbid_first] = -float("inf")
-        if t < min_new_tokens:
+    stop = torch.tensor(d.stop_token_ids, device=device)
+    for t in range(d.max_new_tokens):
+        if t == 0 and d.forbid_first:
+            logits[:, d.forbid_first] = -float("inf")
+        if t < d.min_new_tokens:
             logits[:, stop] = -float("inf")
-        tokens = _pick(logits, uniforms[active, t], temperature, top_p)
+        tokens = _pick(logits, uniforms[active, t], d.temperature, d.top_p)
         sampled[active, t] = tokens
-        if t == max_new_tokens - 1:
+        if t == d.max_new_tokens - 1:
             break
         running = ~torch.isin(tokens, stop)
         if not running.all():  # drop stopped rows from the cache and the batch
@@ -295,23 +327,22 @@ def _sample(model, prompts, num_generations, max_new_tokens, stop_token_ids, pad
             else:
                 cache.batch_select_indices(keep)
             active, tokens, full_mask, next_position = active[keep], tokens[keep], full_mask[keep], next_position[keep]
-            if grouped:
+            if d.grouped:
                 extra["nrt_shared_prefix"] = extra["nrt_shared_prefix"].select(active)
         full_mask[:, width + t] = 1
         if lean:
             prefix = extra["nrt_shared_prefix"]
             logits = step(model, tokens, next_position, torch.tensor([t], device=device), t + 1, prefix.keys,
                           prefix.values, prefix.mask, k, prefix.rows, trace_keys, trace_values)
-            next_position = next_position + 1
-            continue
-        with attention_implementation(model, GROUPED, grouped), run_eagerly():
-            logits = model(
-                input_ids=tokens[:, None],
-                attention_mask=None if grouped else full_mask[:, : width + t + 1],  # grouped: masks its prompt part
-                position_ids=next_position,
-                cache=cache,
-                use_cache=True,
-                **extra,
-            ).logits[:, -1].float()
+        else:
+            with attention_implementation(model, GROUPED, d.grouped), run_eagerly():
+                logits = model(
+                    input_ids=tokens[:, None],
+                    attention_mask=None if d.grouped else full_mask[:, : width + t + 1],  # grouped: masks its prompt
+                    position_ids=next_position,
+                    cache=cache,
+                    use_cache=True,
+                    **extra,
+                ).logits[:, -1].float()
         next_position = next_position + 1
     return [row[row >= 0].tolist() for row in sampled.cpu()]

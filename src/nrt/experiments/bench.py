@@ -1,6 +1,6 @@
-"""`nrt bench`: time the real NRT step on a random Llama and synthetic questions.
+"""The workload behind `nrt bench`: time the real NRT step on a random Llama and synthetic questions.
 
-    python -m nrt.bench --hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 --fixed-length
+    nrt bench --hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 --fixed-length
 
 Prints one JSON line: the median seconds per step over the timed steps (after warm-up), the
 spread, the median seconds of each phase (generate, score, update), tokens per second, the
@@ -19,7 +19,7 @@ FLOP accounting (docs/PERFORMANCE.md): N = parameters of all matmuls, lm_head in
 (embedding lookups and norms excluded); sampled tokens S = the trace tokens decoded; trained
 tokens T = the tokens the update's forward-backward processes: every completion
 [trace][<|response_start|>][answer][eos] plus each question's prompt once (the K traces of a
-group share one prompt forward, `nrt.sequences`); forward-only tokens F = the prompt prefill
+group share one prompt forward, `nrt.engine.sequences`); forward-only tokens F = the prompt prefill
 before sampling and the no-trace baseline rows. Floor = (2 N S + 6 N T + 2 N F) / the matmul
 rate measured in the same run (an n=2048 square matmul in the dtype used). Attention-score
 FLOPs are left out (small at these lengths).
@@ -28,14 +28,12 @@ FLOPs are left out (small at these lengths).
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
 import resource
 import statistics
 import time
 
-from nrt.cpu_runtime import keep_freed_memory
+from nrt.engine.cpu_runtime import keep_freed_memory
 
 # torch, transformers and the trainer are imported inside the functions: `nrt --help` stays fast.
 
@@ -121,39 +119,25 @@ def bench_config(args):
     return config
 
 
-@functools.cache
-def fixed_length_trainer_class():
-    """NRTTrainer with every trace running to the trace limit (no early stop), for benchmarks.
+def engine_options(args, **switches):
+    """The engine options of a bench run: `--compile` and `--fixed-length`, plus any speed switches
+    (`nrt.engine.options.EngineOptions` fields, for ablations)."""
+    from nrt.engine.options import EngineOptions
 
-    The trainer's own `sample` runs unchanged; only its call of `sample_traces` gets
-    `min_new_tokens` equal to the trace limit.
-    """
-    import nrt.trainer as trainer_module
-
-    class FixedLengthTrainer(trainer_module.NRTTrainer):
-        def sample(self, chunk):
-            original = trainer_module.sample_traces
-            trainer_module.sample_traces = functools.partial(
-                original, min_new_tokens=self.config.trainer.max_completion_length)
-            try:
-                return super().sample(chunk)
-            finally:
-                trainer_module.sample_traces = original
-
-    return FixedLengthTrainer
+    return EngineOptions(**{"compile_step": args.compile, "fixed_length": args.fixed_length, **switches})
 
 
-def build_trainer(args):
+def build_trainer(args, **switches):
     """(trainer, tokenizer, examples) for the options; the same seed gives the same weights and data."""
     tokenizer = synthetic_tokenizer(args.vocab)
     n = args.prompts * max(1, min(args.warmup + args.steps, 64))
     examples = synthetic_examples(n, args.prompt_tokens, args.answer_tokens, args.vocab, args.seed,
                                   tokenizer.eos_token_id)
-    from nrt.trainer import NRTTrainer
+    from nrt.training.trainer import NRTTrainer
 
     model = bench_model(args.vocab, args.hidden, args.layers, args.seed)
-    cls = fixed_length_trainer_class() if args.fixed_length else NRTTrainer
-    return cls(bench_config(args), model, tokenizer, examples), tokenizer, examples
+    trainer = NRTTrainer(bench_config(args), model, tokenizer, examples, engine=engine_options(args, **switches))
+    return trainer, tokenizer, examples
 
 
 # --------------------------------------------------------------------------- counting
@@ -192,7 +176,7 @@ def peak_rss_mb() -> float:
 # --------------------------------------------------------------------------- the run
 def step_work(trainer, questions, trace_length_mean: float) -> dict:
     """Tokens of one step's work on this process (see the module docstring)."""
-    from nrt.sequences import full_attention_only
+    from nrt.engine.sequences import full_attention_only
 
     k = trainer.k
     prompts = [len(q.example.prompt_ids) for q in questions]
@@ -331,36 +315,3 @@ def check_arguments(args) -> None:
         raise ValueError(f"--vocab {args.vocab}: needs at least 4 tokens (3 special tokens and one word)")
     if args.micro_prompts and args.prompts % args.micro_prompts:
         raise ValueError(f"--prompts {args.prompts} is not a multiple of --micro-prompts {args.micro_prompts}")
-
-
-def run_command(args) -> None:
-    try:
-        check_arguments(args)
-    except ValueError as e:
-        from nrt.cli import fail
-
-        fail(str(e))
-    print(json.dumps(run_bench(args)), flush=True)
-
-
-def add_bench(subparsers) -> None:
-    """`nrt bench`, for cli.build_parser."""
-    p = subparsers.add_parser("bench", help="time NRT steps on a random Llama; prints one JSON line",
-                              description=__doc__.splitlines()[0])
-    add_arguments(p)
-    p.set_defaults(func=run_command)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="nrt bench", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        check_arguments(args)
-    except ValueError as e:
-        p.error(str(e))  # one line, exit code 2
-    print(json.dumps(run_bench(args)), flush=True)
-
-
-if __name__ == "__main__":
-    main()

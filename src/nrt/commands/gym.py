@@ -4,7 +4,7 @@
     nrt gym data --output-dir DIR [--seed S | --model DIR] [--tasks t1,t2]
     nrt gym probe --model DIR [--splits validation,test] [--limit N]
 
-`register(subparsers)` adds them to the main `nrt` parser; `python -m nrt.gym.cli ...`
+`register(subparsers)` adds them to the main `nrt` parser; `python -m nrt.commands.gym ...`
 runs them alone. Library errors (bad files, bad options) become one-line messages.
 """
 
@@ -21,7 +21,7 @@ from nrt.gym import tasks as T
 
 def _usage_error(message: str):
     try:
-        from nrt.cli import UsageError
+        from nrt.commands.usage import UsageError
     except ImportError:  # standalone use
         raise SystemExit(f"nrt gym: error: {message}")
     raise UsageError(message)
@@ -90,21 +90,6 @@ def run_pretrain(args) -> None:
         _usage_error(str(e).splitlines()[0])
 
 
-def write_splits(output_dir: str, items: dict) -> dict[str, dict[str, int]]:
-    """DIR/<task>/<split>.jsonl for the train/validation/test splits; returns the counts."""
-    counts = {}
-    for task, splits in items.items():
-        folder = Path(output_dir) / task
-        folder.mkdir(parents=True, exist_ok=True)
-        counts[task] = {}
-        for split in T.SPLITS:
-            with open(folder / f"{split}.jsonl", "w") as f:
-                for it in splits[split]:
-                    f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
-            counts[task][split] = len(splits[split])
-    return counts
-
-
 def run_data(args) -> None:
     from nrt.gym.corpus import Corpus, CorpusConfig
     from nrt.gym.probe import gym_corpus_of
@@ -117,7 +102,7 @@ def run_data(args) -> None:
     else:
         corpus = Corpus(CorpusConfig(seed=args.seed, tasks=args.tasks))
     items = {t: corpus.items[t] for t in args.tasks if t in corpus.items}
-    for task, c in write_splits(args.output_dir, items).items():
+    for task, c in T.write_splits(args.output_dir, items).items():
         print(f"{task}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
 
 

@@ -51,7 +51,17 @@ def curve(records_per_seed: list[list[dict]], key: str) -> tuple[list[int], list
 
 
 def plot_curves(runs: dict[str, list[list[dict]]], keys: dict[str, str], path: Path, title: str = "") -> Path:
-    """One panel per metric (keys: metric -> panel title), one line per method (mean over seeds)."""
+    """One panel per metric (keys: metric -> panel title), one line per method (mean over seeds); a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(runs, keys, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(runs: dict[str, list[list[dict]]], keys: dict[str, str], title: str = ""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,11 +70,13 @@ def plot_curves(runs: dict[str, list[list[dict]]], keys: dict[str, str], path: P
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    # one colour per method in every panel: a panel where a method logged nothing must not shift the others
+    colors = {method: f"C{i}" for i, method in enumerate(runs)}
     for ax, (key, label) in zip(axes.flat, keys.items()):
         for method, per_seed in runs.items():
             steps, values = curve(per_seed, key)
             if steps:
-                ax.plot(steps, values, label=method, marker="." if len(steps) < 30 else None)
+                ax.plot(steps, values, label=method, color=colors[method], marker="." if len(steps) < 30 else None)
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -78,7 +90,4 @@ def plot_curves(runs: dict[str, list[list[dict]]], keys: dict[str, str], path: P
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

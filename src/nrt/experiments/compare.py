@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nrt.report import fmt, markdown_table, mean_std, plot_curves, read_metrics
+from nrt.evaluation.report import fmt, markdown_table, mean_std, plot_curves, read_metrics
 
 CURVES = {
     "reward_mean": "reward (before normalisation)",
@@ -60,35 +60,38 @@ def run_directory(exp: Experiment, method: str, seed: int) -> Path:
 
 def train(exp: Experiment, method: str, seed: int) -> dict:
     """Train one (method, seed) unless finished; returns its run_info."""
-    from nrt.cli import COLLAPSE_STOP, main
+    from nrt.errors import CollapseStop
+    from nrt.training.api import resolve_config
+    from nrt.training.api import train as train_run
 
     directory = run_directory(exp, method, seed)
     info_path = directory / "run_info.json"
     if info_path.is_file():
         return json.loads(info_path.read_text())
-    resume = ["--resume"] if any(directory.glob("checkpoint-*")) else []
+    resume = any(directory.glob("checkpoint-*"))
     validation = [f"data.eval_path={exp.validation_data}"] if exp.validation_data else []
-    argv = ["train", "--method", method, "--model", exp.base_model, "--data", exp.train_data,
-            "--output-dir", str(directory), *resume, f"trainer.seed={seed}", *validation,
-            *exp.overrides, *exp.method_overrides.get(method, [])]
+    overrides = [f"trainer.seed={seed}", *validation, *exp.overrides, *exp.method_overrides.get(method, [])]
+    config = resolve_config(method, overrides=overrides, model=exp.base_model, data=exp.train_data,
+                            output_dir=str(directory))
     tick = time.perf_counter()
-    code = main(argv)
-    if code not in (0, COLLAPSE_STOP):
-        raise RuntimeError(f"training {method} seed {seed} failed with exit code {code}")
+    try:
+        train_run(config, resume=resume)
+        stopped = False
+    except CollapseStop:
+        stopped = True
     records = read_metrics(directory)
     collapsed = [r["step"] for r in records if r.get("collapse_detected")]
     info = {"method": method, "seed": seed, "wall_s": time.perf_counter() - tick,
-            "stopped_by_collapse": code == COLLAPSE_STOP, "collapse_step": collapsed[0] if collapsed else None}
+            "stopped_by_collapse": stopped, "collapse_step": collapsed[0] if collapsed else None}
     info_path.write_text(json.dumps(info))
     return info
 
 
 def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str, dict]:
     """Evaluate one model on every evaluation set (cached per set); name -> summary."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from nrt.data import load_qa_records, tokenize_records
-    from nrt.evaluate import EvalConfig, evaluate, write_report
+    from nrt.evaluation.evaluate import EvalConfig, evaluate, write_report
+    from nrt.model_loading import load_model, load_tokenizer
     from nrt.tokens import ensure_response_start_token
 
     results, model, tokenizer = {}, None, None
@@ -98,8 +101,8 @@ def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str,
             results[s.name] = json.loads(path.read_text())["summary"]
             continue
         if model is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+            tokenizer = load_tokenizer(str(model_dir))
+            model = load_model(str(model_dir)).eval()
             rs = ensure_response_start_token(model, tokenizer)
         records = load_qa_records(s.path, s.question_field, s.answer_field, messages_field=None)
         examples, _ = tokenize_records(records, tokenizer, "{question}\n", 10**6, 10**6)

@@ -11,6 +11,7 @@ For each question:
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,27 @@ from pathlib import Path
 import torch
 
 from nrt.data import TokenizedExample
-from nrt.generation import think_then_answer
-from nrt.rollouts import build_rollout, no_trace_batch
-from nrt.sampling import sample_traces
-from nrt.sequences import completion_logprobs, gather_columns
+from nrt.engine.generation import think_then_answer
+from nrt.engine.options import EngineOptions
+from nrt.engine.rollouts import build_rollout, no_trace_batch
+from nrt.engine.sampling import question_seed, sample_traces
+from nrt.engine.sequences import completion_logprobs, gather_columns
+from nrt.tokens import pad_token_id
 
 
 def normalize_answer(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def default_bbh_dir() -> Path:
+    """BIG-Bench-Hard files: $NRT_BBH_DIR, else ../shared/data/bbh beside the working dir or the repo."""
+    if os.environ.get("NRT_BBH_DIR"):
+        return Path(os.environ["NRT_BBH_DIR"])
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        candidate = base.parent / "shared" / "data" / "bbh"
+        if candidate.is_dir():
+            return candidate
+    return Path("../shared/data/bbh")
 
 
 @dataclass
@@ -38,11 +52,35 @@ class EvalConfig:
 
 
 @torch.no_grad()
+def answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], *, num_generations: int,
+                    max_trace_tokens: int, seeds: list[int], response_start_id: int, eos_id: int, pad_id: int,
+                    engine: EngineOptions = EngineOptions()) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of the reasoning gain, in nats, summed over answer tokens (eos included):
+
+        log p(answer | prompt, sampled trace)   [Q*K]  K traces per prompt (temperature 1, group-major)
+        log p(answer | prompt, no trace)        [Q]
+
+    The reasoning gain of a trace is the first minus its question's second. Sampling, splicing
+    and scoring are the trainer's own (`sample_traces`, `build_rollout`, `completion_logprobs`).
+    """
+    traces = sample_traces(model, prompts, num_generations=num_generations, max_new_tokens=max_trace_tokens,
+                           stop_token_ids=[response_start_id, eos_id], pad_token_id=pad_id, seeds=seeds,
+                           engine=engine)
+    device = next(model.parameters()).device
+    rollout = build_rollout(prompts, answers, traces, num_generations=num_generations,
+                            response_start_id=response_start_id, eos_id=eos_id, pad_id=pad_id, device=device)
+    lp, _ = completion_logprobs(model, rollout.batch, engine=engine)
+    with_trace = rollout.answer_columns(lp)[0].sum(-1)
+    base_batch, start, length = no_trace_batch(prompts, answers, response_start_id, pad_id, device)
+    base_lp, _ = completion_logprobs(model, base_batch, engine=engine)
+    return with_trace, gather_columns(base_lp, start, length)[0].sum(-1)
+
+
+@torch.no_grad()
 def evaluate(model, tokenizer, examples: list[TokenizedExample], references: list[str], cfg: EvalConfig,
              response_start_id: int) -> tuple[dict, list[dict]]:
     """Returns (summary metrics, one row per question)."""
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos, pad = tokenizer.eos_token_id, pad_token_id(tokenizer)
     rows = []
     for first in range(0, len(examples), cfg.batch_size):
         batch = examples[first : first + cfg.batch_size]
@@ -53,18 +91,11 @@ def evaluate(model, tokenizer, examples: list[TokenizedExample], references: lis
             max_trace_tokens=cfg.max_trace_tokens, max_answer_tokens=cfg.max_answer_tokens,
             temperature=0.0, force_trace=cfg.force_trace,
         )
-        sampled = sample_traces(
-            model, prompts, num_generations=1, max_new_tokens=cfg.max_trace_tokens,
-            stop_token_ids=[response_start_id, eos], pad_token_id=pad,
-            seeds=[cfg.seed * 1_000_003 + first + i for i in range(len(batch))],
+        with_trace, without = answer_logprobs(
+            model, prompts, answers, num_generations=1, max_trace_tokens=cfg.max_trace_tokens,
+            seeds=[question_seed(cfg.seed, first + i) for i in range(len(batch))],
+            response_start_id=response_start_id, eos_id=eos, pad_id=pad,
         )
-        rollout = build_rollout(prompts, answers, sampled, num_generations=1, response_start_id=response_start_id,
-                                eos_id=eos, pad_id=pad, device=next(model.parameters()).device)
-        lp, _ = completion_logprobs(model, rollout.batch)
-        with_trace = gather_columns(lp, rollout.answer_start, rollout.answer_length)[0].sum(-1)
-        base_batch, start, length = no_trace_batch(prompts, answers, response_start_id, pad, rollout.batch.input_ids.device)
-        base_lp, _ = completion_logprobs(model, base_batch)
-        without = gather_columns(base_lp, start, length)[0].sum(-1)
         for i, (ex, g) in enumerate(zip(batch, greedy)):
             prediction = tokenizer.decode(g.answer_ids, skip_special_tokens=True)
             reference = references[first + i]

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nrt.sampling import sample_traces
+from nrt.engine.rollouts import split_trace
+from nrt.engine.sampling import sample_traces
 
 
 @dataclass
@@ -41,10 +42,8 @@ def think_then_answer(
         seeds=[seed + i for i in range(len(prompts))], temperature=temperature,
         forbid_first=[response_start_id] if force_trace else None,
     )
-    bodies, emitted = [], []
-    for trace in traces:
-        emitted.append(bool(trace) and trace[-1] == response_start_id)
-        bodies.append(trace[:-1] if trace and trace[-1] in (response_start_id, eos_id) else trace)
+    split = [split_trace(trace, response_start_id, eos_id) for trace in traces]
+    bodies, emitted = [body for body, _ in split], [e for _, e in split]
     answers = sample_traces(
         model, [p + b + [response_start_id] for p, b in zip(prompts, bodies)], num_generations=1,
         max_new_tokens=max_answer_tokens, stop_token_ids=[eos_id], pad_token_id=pad_id,
