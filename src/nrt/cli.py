@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nrt", description="Native Reasoning Training")
     sub = parser.add_subparsers(dest="command", required=True)
     from nrt.bench import add_bench
+    from nrt.data_cli import register as add_data
     from nrt.demo import add_demo
     from nrt.gym.cli import register as add_gym
 
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_compare(sub)
     add_gym(sub)
+    add_data(sub)
     add_demo(sub)
     add_bench(sub)
     return parser
