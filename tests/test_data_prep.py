@@ -8,6 +8,8 @@ import hashlib
 import json
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from nrt.cli import main
@@ -45,7 +47,7 @@ def write_jsonl(path, rows):
 
 
 def write_parquet(path, rows):
-    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    pq.write_table(pa.Table.from_pylist(rows), path)  # messages: list<struct<role, content>>, as Tulu-3's
     return path
 
 
@@ -124,17 +126,21 @@ def test_tulu3_jsonl_and_parquet_give_the_same_splits(tmp_path):
     assert a.splits == b.splits and len(a.splits["train"]) == 20
 
 
-def test_tulu3_directory_reads_its_files_in_sorted_order(tmp_path):
+def test_tulu3_directory_reads_its_files_in_sorted_order(tmp_path, capsys):
     first, second = tulu_rows(25), tulu_rows(20, start=25)
     folder = tmp_path / "mix"
     (folder / "data").mkdir(parents=True)
     write_parquet(folder / "data/train-00001-of-00002.parquet", second)  # written first, sorts second
     write_jsonl(folder / "data/train-00000-of-00002.jsonl", first)
-    (folder / "README.md").write_text("not data")
-    got = prepare_tulu3(folder, Tulu3Options(train_size=30, test_size=8))
+    (folder / "data/README.md").write_text("not data")
+    got = prepare_tulu3(folder / "data", Tulu3Options(train_size=30, test_size=8))
     want_train, want_test = official_split(first + second, 30, 8, seed=42)
     assert got.splits == {"train": [qa(r) for r in want_train], "test": [qa(r) for r in want_test]}
     assert [f["records"] for f in got.provenance["inputs"]] == [25, 20]
+    # the download's top folder holds no data files itself: one line says where they are
+    code, _, err = run_tulu3(capsys, "--input", folder, "--output-dir", tmp_path / "out")
+    assert code == 2 and err.strip() == (f"nrt data: error: {folder}: no .jsonl or .parquet files in this "
+                                         f"directory; the Tulu-3 download keeps them in data/: pass {folder / 'data'}")
 
 
 def test_tulu3_fewer_rows_split_in_proportion_and_say_so(tmp_path, capsys):

@@ -3,7 +3,8 @@
 Tulu-3 (NRT_SPEC section 7). The official recipe's script
 (recipe/nrt/data/scripts/tulu-3-sft-mixture.py of sharkwyf/native-reasoning-models) does, in order:
 
-1. load every parquet file of the mixture as one dataset (files in sorted order, rows in file order);
+1. load every parquet file of the mixture (`data/*.parquet`) as one dataset (files in sorted order,
+   rows in file order);
 2. `train_test_split(test_size=1024, seed=42)` on the *raw* rows: with numpy's
    `default_rng(42).permutation(N)`, test = the first 1,024 indices, train = the rest in permuted order;
 3. keep the first 220,000 rows of that train split;
@@ -166,7 +167,7 @@ def qa_line(record: QARecord) -> dict:
 
 
 def input_files(path: str | os.PathLike) -> list[Path]:
-    """A .jsonl/.parquet file, or a directory's .jsonl/.parquet files (recursively, sorted by path)."""
+    """A .jsonl/.parquet file, or the .jsonl/.parquet files directly in a directory, sorted by name."""
     p = Path(path)
     if not p.exists():
         raise DataPrepError(f"{path}: no such file or directory")
@@ -174,9 +175,10 @@ def input_files(path: str | os.PathLike) -> list[Path]:
         if p.suffix.lower() not in TULU3_EXTENSIONS:
             raise DataPrepError(f"{path}: unsupported file type '{p.suffix}' (expected .jsonl or .parquet)")
         return [p]
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TULU3_EXTENSIONS)
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in TULU3_EXTENSIONS)
     if not files:
-        raise DataPrepError(f"{path}: no .jsonl or .parquet files in this directory")
+        hint = f"; the Tulu-3 download keeps them in data/: pass {p / 'data'}" if (p / "data").is_dir() else ""
+        raise DataPrepError(f"{path}: no .jsonl or .parquet files in this directory{hint}")
     return files
 
 
