@@ -105,7 +105,7 @@ def stop_on_collapse(base: Path, data: Path, out: Path) -> dict:
     if record.is_file():
         return json.loads(record.read_text())
     shutil.rmtree(directory, ignore_errors=True)
-    argv = [sys.executable, "-m", "nrt.commands.cli", "train", "--method", "nrt", "--model", str(base),
+    argv = [sys.executable, "-m", "nrt", "train", "--method", "nrt", "--model", str(base),
             "--data", str(data / "train.jsonl"), "--output-dir", str(directory), "trainer.seed=0",
             *[o for o in RECIPE if not o.startswith(("trainer.on_collapse", "trainer.save_steps"))],
             "trainer.on_collapse=stop", "trainer.save_steps=5"]

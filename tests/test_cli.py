@@ -46,7 +46,7 @@ def test_generate_prints_trace_and_answer(tiny_model_dir, capsys):
 
 
 def test_train_help_lists_every_option_with_its_default():
-    result = subprocess.run([sys.executable, "-m", "nrt.commands.cli", "train", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "nrt", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for option in ("trainer.num_generations=8", "trainer.learning_rate=2e-06", "trainer.epsilon_high=0.28",
                    "method.aggregation='weighted_sum_log_prob'", "trainer.per_device_train_batch_size=8"):

@@ -15,7 +15,7 @@ RUN = ["trainer.max_steps=2", "trainer.max_completion_length=8", "trainer.num_ge
 
 def run(prefix, model, data, out, *extra):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [*prefix, "-m", "nrt.commands.cli", "train", "--model", model, "--data", data, "--output-dir", str(out), *RUN, *extra]
+    cmd = [*prefix, "-m", "nrt", "train", "--model", model, "--data", data, "--output-dir", str(out), *RUN, *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

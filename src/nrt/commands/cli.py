@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nrt", description="Native Reasoning Training")
     sub = parser.add_subparsers(dest="command", required=True)
     from nrt.commands.bench import add_bench
+    from nrt.commands.data import register as add_data
     from nrt.commands.demo import add_demo
     from nrt.commands.gym import register as add_gym
 
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_compare(sub)
     add_gym(sub)
+    add_data(sub)
     add_demo(sub)
     add_bench(sub)
     return parser
