@@ -1,8 +1,13 @@
 """The `nrt` command line. Library code raises; only this module turns errors into exit codes.
 
-Exit code 2 means bad input (an option, a config file, a data record): one line on stderr
-names the place, and nothing has been written to the output directory. Exit code 3 means
-the collapse detector stopped training (`trainer.on_collapse=stop`).
+Exit codes (docs/RELIABILITY.md): 0 done; 2 bad input (an option, a config file, a data
+record, an output directory a run may not use): one line on stderr names the place, and
+nothing has been written; 3 the collapse detector stopped training (`trainer.on_collapse=stop`);
+4 the run diverged (`trainer.max_nonfinite_steps` non-finite steps in a row, or non-finite
+weights): no final model, only checkpoints from before the divergence are kept; 5 SIGTERM or
+SIGINT stopped training after checkpointing the last finished step (`--resume` continues);
+6 a write failed during training (a full disk): the newest complete checkpoint is intact;
+130 interrupted outside training (a second Ctrl-C, or one while loading).
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from pathlib import Path
 
 USAGE_ERROR = 2
 COLLAPSE_STOP = 3  # training.on_collapse=stop ended the run
+DIVERGED = 4  # trainer.max_nonfinite_steps non-finite steps in a row, or non-finite weights
+STOPPED_BY_SIGNAL = 5  # SIGTERM / SIGINT: the last finished step is checkpointed
+WRITE_FAILED = 6  # an OSError while writing during training (disk full, ...)
+INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -89,6 +98,8 @@ def load_tokenizer(path: str):
 
 def load_examples(config, tokenizer, path=None):
     """Read and validate a whole dataset (before the model is loaded): (examples, references, skipped)."""
+    from jinja2 import TemplateError
+
     from nrt.data import DataError, load_qa_records, tokenize_records
 
     d = config.data
@@ -97,20 +108,24 @@ def load_examples(config, tokenizer, path=None):
         examples, skipped = tokenize_records(
             records, tokenizer, d.prompt_template, d.max_prompt_length, d.max_answer_length, d.skip_overlong
         )
-    except (DataError, ValueError) as e:
-        fail(str(e))
+    except (DataError, ValueError, TemplateError) as e:
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except OSError as e:
+        fail(f"{path or d.path}: cannot read ({e.strerror or e})")
     kept = {ex.source for ex in examples}
     return examples, [r.answer for r in records if r.source in kept], skipped
 
 
 def run_train(args) -> None:
+    from nrt.run_record import RunDirectoryError, check_output_dir, resume_changes
+
     config = build_config(args)
     out = Path(config.trainer.output_dir)
-    has_run = out.is_dir() and any(out.glob("checkpoint-*"))
-    if has_run and not args.resume:
-        fail(f"--output-dir {out}: holds an earlier run; pass --resume to continue it or choose another directory")
-    if args.resume and not has_run:
-        fail(f"--output-dir {out}: no checkpoint to resume from")
+    try:  # read-only checks, before anything loads
+        check_output_dir(out, args.resume, config.model.model_name_or_path)
+        changes = resume_changes(out, config) if args.resume else {}
+    except RunDirectoryError as e:
+        fail(str(e))
     tokenizer = load_tokenizer(config.model.model_name_or_path)
     examples, _, skipped = load_examples(config, tokenizer)
     eval_set = None
@@ -130,8 +145,35 @@ def run_train(args) -> None:
 
     dtype = getattr(torch, config.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
+    from nrt.run_record import complete_checkpoints
+
     trainer = NRTTrainer(config, model, tokenizer, examples, eval_set=eval_set)
-    trainer.train(resume=args.resume)
+    if is_main and changes:
+        print("resume applies: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    try:
+        trainer.train(resume=args.resume)
+    except RunDirectoryError as e:
+        fail(str(e))
+    except OSError as e:
+        newest = complete_checkpoints(out)
+        kept = f"checkpoint-{newest[-1]} is the newest complete checkpoint (--resume continues from it)" if newest \
+            else "no checkpoint was completed"
+        if is_main:
+            print(f"nrt train: error: writing to {out} failed at step {trainer.step}: "
+                  f"{e.strerror or e}; {kept}", file=sys.stderr)
+        raise SystemExit(WRITE_FAILED)
+    if trainer.stopped_by_divergence:
+        newest = complete_checkpoints(out)
+        if is_main:
+            kept = f"checkpoint-{newest[-1]} is the newest kept checkpoint" if newest else "no checkpoint is kept"
+            print(f"nrt train: error: {trainer.stopped_by_divergence}; no final model written, {kept} in {out} "
+                  "(lower trainer.learning_rate and start a new run from it)", file=sys.stderr)
+        raise SystemExit(DIVERGED)
+    if trainer.stopped_by_signal:
+        if is_main:
+            print(f"stopped by {trainer.stopped_by_signal} after step {trainer.step}; checkpoint-{trainer.step} "
+                  f"saved in {out} (--resume continues)", file=sys.stderr)
+        raise SystemExit(STOPPED_BY_SIGNAL)
     if trainer.stopped_by_collapse:
         if is_main:
             print(f"stopped: {trainer.stopped_by_collapse}; the last healthy checkpoint is kept in {out}",
@@ -167,6 +209,10 @@ def run_generate(args) -> None:
             questions = [q for q in path.read_text(encoding="utf-8").splitlines() if q.strip()]
         except UnicodeDecodeError:
             fail(f"--questions {path}: not valid UTF-8")
+        except OSError as e:
+            fail(f"--questions {path}: cannot read ({e.strerror or e})")
+        if not questions:
+            fail(f"--questions {path}: no questions in it (one per line)")
     else:
         questions = [args.question]
     tokenizer = load_tokenizer(args.model)
@@ -176,10 +222,14 @@ def run_generate(args) -> None:
     from nrt.generation import think_then_answer
     from nrt.tokens import RESPONSE_START, ensure_response_start_token
 
+    from jinja2 import TemplateError
+
     try:
         prompts = encode_prompts(tokenizer, questions, args.prompt_template)
     except ValueError as e:
         fail(f"--prompt-template: {e}")
+    except TemplateError as e:
+        fail(f"--model {args.model}: the chat template rejected the prompt ({str(e).splitlines()[0]})")
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     rs = ensure_response_start_token(model, tokenizer)
     results = think_then_answer(
@@ -247,12 +297,25 @@ def run_eval(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
+    from jinja2 import TemplateError
+
+    from nrt.run_record import RunDirectoryError, check_writable
+
+    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{args.bbh or path.stem}.json"
+    try:  # before the work, so the results are never computed only to be lost
+        if output.is_dir():
+            raise RunDirectoryError(f"--output {output}: is a directory")
+        check_writable(output.parent, "--output")
+    except RunDirectoryError as e:
+        fail(str(e))
     tokenizer = load_tokenizer(args.model)
     try:
         records = load_qa_records(path, *fields, messages_field=None)[: args.limit]
         examples, _ = tokenize_records(records, tokenizer, args.prompt_template, 10**6, 10**6)
-    except (DataError, ValueError) as e:
-        fail(str(e))
+    except (DataError, ValueError, TemplateError) as e:
+        fail(str(e).splitlines()[0])
+    except OSError as e:
+        fail(f"{path}: cannot read ({e.strerror or e})")
 
     from transformers import AutoModelForCausalLM
 
@@ -263,9 +326,11 @@ def run_eval(args) -> None:
     rs = ensure_response_start_token(model, tokenizer)
     cfg = EvalConfig(args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed, args.force_trace)
     summary, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
-    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{args.bbh or path.stem}.json"
-    write_report(output, summary, rows, {"model": args.model, "data": str(path), "config": vars(cfg)})
     print_summary(f"{args.bbh or path.name}", summary)
+    try:
+        write_report(output, summary, rows, {"model": args.model, "data": str(path), "config": vars(cfg)})
+    except OSError as e:
+        fail(f"--output {output}: cannot write the report ({e.strerror or e}); the summary above is its result")
     print(f"report: {output}")
 
 
@@ -385,6 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"nrt {args.command}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"nrt {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except SystemExit as e:  # a command's own exit code (3-6): returned, so callers of main() get it
+        if isinstance(e.code, int):
+            return e.code
+        raise
     return 0
 
 
