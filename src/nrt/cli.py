@@ -398,6 +398,12 @@ def run_compare(args) -> None:
     for path, flag in ((args.model, "--model"), (args.data, "--data"), (args.validation, "--validation")):
         if path and not Path(path).exists():
             fail(f"{flag} {path}: no such file or directory")
+    from nrt.run_record import RunDirectoryError, check_writable
+
+    try:
+        check_writable(Path(args.output_dir), "--output-dir")
+    except RunDirectoryError as e:
+        fail(str(e))
     exp = Experiment(args.model, args.data, Path(args.output_dir), methods, seeds, eval_sets,
                      validation_data=args.validation, overrides=args.overrides, select=args.select,
                      max_trace_tokens=args.max_trace_tokens)

@@ -110,13 +110,13 @@ def check_output_dir(path: str | Path, resume: bool, model_path: str | None = No
     check_writable(path, flag)
     if model_path and Path(model_path).exists() and path.exists() and path.resolve() == Path(model_path).resolve():
         raise RunDirectoryError(f"{flag} {path}: is the model directory (--model); choose another directory")
-    if path.exists() and any(path.iterdir()) and not is_run(path):
-        names = sorted(p.name for p in path.iterdir())
+    if is_locked(path):
+        raise RunDirectoryError(f"{flag} {path}: another nrt run is writing into it (pid {lock_owner(path)})")
+    names = sorted(p.name for p in path.iterdir() if p.name != LOCK) if path.is_dir() else []
+    if names and not is_run(path):
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise RunDirectoryError(f"{flag} {path}: not empty and not an nrt run (holds {shown}); "
                                 "choose an empty or new directory")
-    if is_locked(path):
-        raise RunDirectoryError(f"{flag} {path}: another nrt run is writing into it (pid {lock_owner(path)})")
     if complete_checkpoints(path) and not resume:
         raise RunDirectoryError(f"{flag} {path}: holds an earlier run; pass --resume to continue it "
                                 "or choose another directory")
