@@ -354,6 +354,19 @@ def test_a_failed_write_mid_run_exits_6_in_one_line_and_resume_finishes(tiny_mod
     assert [m["step"] for m in metrics_of(out)] == [1, 2, 3, 4]
 
 
+def test_a_checkpoint_write_failing_inside_torch_save_exits_6_in_one_line(tiny_model_dir, sums_file, tmp_path,
+                                                                          monkeypatch, capsys):
+    def full_disk(*args, **kwargs):  # what torch.save raises when the disk fills mid-file
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 124032 vs 123924")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "out"
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=2", "trainer.save_steps=1") == 6
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "writing checkpoint-1.tmp: [enforce fail" in err
+    assert "no checkpoint was completed" in err and not list(out.glob("checkpoint-*[0-9]"))
+
+
 # ----------------------------------------------------------------------------- 4. signals
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -32,6 +33,22 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 class ResumeError(RunDirectoryError):
     pass
+
+
+class WriteError(OSError):
+    """A save that failed part-way (a full disk): what torch.save and safetensors raise, as an OSError."""
+
+
+@contextmanager
+def writing(what: str):
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except OSError:
+        raise
+    except (RuntimeError, SafetensorError) as e:  # torch.save: "unexpected pos"; safetensors: "I/O error: ..."
+        raise WriteError(f"writing {what}: {str(e).splitlines()[0]}") from e
 
 
 class RunDirectory:
@@ -88,8 +105,9 @@ class RunDirectory:
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp / "training_state"))
-        self._save_model(tmp, model, tokenizer, config, step)
+        with writing(tmp.name):
+            self.accelerator.save_state(str(tmp / "training_state"))
+            self._save_model(tmp, model, tokenizer, config, step)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             if final.exists():
@@ -112,7 +130,8 @@ class RunDirectory:
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self._save_model(tmp, model, tokenizer, config, step)
+        with writing(tmp.name):
+            self._save_model(tmp, model, tokenizer, config, step)
         if self.is_main:
             if best.exists():
                 shutil.rmtree(best)
@@ -126,7 +145,8 @@ class RunDirectory:
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self._save_model(tmp, model, tokenizer, config, step=None)
+        with writing("the final model"):
+            self._save_model(tmp, model, tokenizer, config, step=None)
         if self.is_main:
             for item in sorted(tmp.iterdir()):
                 item.replace(self.path / item.name)
