@@ -47,7 +47,9 @@ import torch  # noqa: F401  imported before forking: children start warm
 import transformers  # noqa: F401
 
 import nrt.trainer  # noqa: F401
-from nrt.cli import main
+from nrt.cli import main, quiet_libraries
+
+quiet_libraries()  # children inherit it; main() sets it again
 
 OPTIONS = ["trainer.max_completion_length=8", "trainer.num_generations=4", "trainer.per_device_train_batch_size=8",
            "trainer.learning_rate=1e-3", "trainer.warmup_ratio=0.3", "trainer.max_steps=6", "trainer.save_steps=1",

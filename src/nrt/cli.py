@@ -407,7 +407,13 @@ def run_compare(args) -> None:
     exp = Experiment(args.model, args.data, Path(args.output_dir), methods, seeds, eval_sets,
                      validation_data=args.validation, overrides=args.overrides, select=args.select,
                      max_trace_tokens=args.max_trace_tokens)
-    run(exp)
+    from nrt.experiments import TrainingFailed
+
+    try:
+        run(exp)
+    except TrainingFailed as e:  # its own one-line error is above; a signal (5) or a full disk (6) keeps its code
+        print(f"nrt compare: error: {e}; run the same command again to continue", file=sys.stderr)
+        raise SystemExit(e.code) from None
     print(f"report: {Path(args.output_dir) / 'report.md'}")
 
 

@@ -34,6 +34,14 @@ CURVES = {
 }
 
 
+class TrainingFailed(RuntimeError):
+    """A run of the comparison ended with an exit code other than 0 or 3 (`code`: nrt train's)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class EvalFile:
     name: str
@@ -119,7 +127,7 @@ def train(exp: Experiment, method: str, seed: int) -> dict:
     tick = time.perf_counter()
     code = main(argv)
     if code not in (0, COLLAPSE_STOP):
-        raise RuntimeError(f"training {method} seed {seed} failed with exit code {code}")
+        raise TrainingFailed(f"training {method} seed {seed} ended with exit code {code} ({directory})", code)
     records = read_metrics(directory)
     collapsed = [r["step"] for r in records if r.get("collapse_detected")]
     info = {"method": method, "seed": seed, "key": key, "wall_s": time.perf_counter() - tick,
