@@ -242,6 +242,12 @@ def test_a_directory_left_by_a_kill_during_the_first_checkpoint_is_accepted(tiny
     assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=1") == 0  # and a new run into it
     assert [m["step"] for m in metrics_of(out)] == [1] and not (out / "checkpoint-1.tmp").exists()
 
+    claimed = tmp_path / "claimed"  # killed while writing its run record (found by scripts/fault_injection.py)
+    claimed.mkdir()
+    (claimed / ".nrt.lock").write_text("123")
+    (claimed / ".nrt_run.json.tmp").write_text('{"nrt_run": 1, "sta')
+    assert train(tiny_model_dir, sums_file, claimed, "trainer.max_steps=1") == 0
+
 
 def test_a_second_run_into_a_locked_directory_is_refused(tiny_model_dir, sums_file, tmp_path, capsys):
     out = tmp_path / "out"

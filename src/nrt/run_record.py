@@ -25,6 +25,8 @@ from pathlib import Path
 RECORD = "nrt_run.json"
 LOCK = ".nrt.lock"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# what a run killed before its record was complete leaves: the directory still counts as empty
+LEFTOVERS = {LOCK, f".{RECORD}.tmp"}
 
 RESUMABLE = {
     "trainer.output_dir", "trainer.max_steps", "trainer.num_train_epochs", "trainer.logging_steps",
@@ -112,7 +114,7 @@ def check_output_dir(path: str | Path, resume: bool, model_path: str | None = No
         raise RunDirectoryError(f"{flag} {path}: is the model directory (--model); choose another directory")
     if is_locked(path):
         raise RunDirectoryError(f"{flag} {path}: another nrt run is writing into it (pid {lock_owner(path)})")
-    names = sorted(p.name for p in path.iterdir() if p.name != LOCK) if path.is_dir() else []
+    names = sorted(p.name for p in path.iterdir() if p.name not in LEFTOVERS) if path.is_dir() else []
     if names and not is_run(path):
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise RunDirectoryError(f"{flag} {path}: not empty and not an nrt run (holds {shown}); "
