@@ -167,7 +167,8 @@ def run_train(args) -> None:
         if is_main:
             kept = f"checkpoint-{newest[-1]} is the newest kept checkpoint" if newest else "no checkpoint is kept"
             print(f"nrt train: error: {trainer.stopped_by_divergence}; no final model written, {kept} in {out} "
-                  "(lower trainer.learning_rate and start a new run from it)", file=sys.stderr)
+                  "(lower trainer.learning_rate and start a new run; a kept checkpoint can be its --model)",
+                  file=sys.stderr)
         raise SystemExit(DIVERGED)
     if trainer.stopped_by_signal:
         if is_main:
