@@ -70,6 +70,14 @@ def test_divergence_guard_counts_steps_in_a_row_and_resets_on_a_finite_step():
     assert guard.skipped == 5
 
 
+def test_divergence_guard_state_survives_a_checkpoint():
+    guard = DivergenceGuard(3)
+    guard.update(4, ["loss"]), guard.update(5, ["loss"])
+    resumed = DivergenceGuard(3)
+    resumed.load_state_dict(json.loads(json.dumps(guard.state_dict())))
+    assert "since step 4" in resumed.update(6, ["loss"]) and resumed.skipped == 3
+
+
 def test_option_changes_lists_each_changed_option():
     old = {"trainer": {"learning_rate": 1e-5, "max_steps": 3}, "method": {"beta": 0.0}}
     new = {"trainer": {"learning_rate": 2e-5, "max_steps": 3}, "method": {"beta": 0.1}}

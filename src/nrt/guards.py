@@ -76,6 +76,12 @@ class DivergenceGuard:
         return (f"step {step}: non-finite {', '.join(nonfinite)}; update skipped "
                 f"({self.streak} in a row of at most {self.max_in_row}, {self.skipped} in this run)")
 
+    def state_dict(self) -> dict:
+        return {"streak": self.streak, "first_step": self.first_step, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.streak, self.first_step, self.skipped = state["streak"], state["first_step"], state["skipped"]
+
     @property
     def protect_before(self) -> int | None:
         """While non-finite steps run, checkpoints from the step before the first one are suspect."""

@@ -178,7 +178,7 @@ class NRTTrainer:
         self.std_filter = EmaStdFilter(m.std_filter_decay) if m.std_filter_decay > 0 else None
         self.collapse = CollapseDetector(t.collapse_fraction, t.collapse_patience, t.collapse_reference_steps)
         self.best = BestModel()
-        for stateful in (self.std_filter, self.collapse, self.best):
+        for stateful in (self.std_filter, self.collapse, self.best, self.divergence):
             if stateful is not None:
                 self.accelerator.register_for_checkpointing(stateful)
 
