@@ -518,6 +518,17 @@ def test_eval_checks_its_output_before_evaluating_and_keeps_the_result_if_writin
     assert len(captured.err.strip().splitlines()) == 1 and "No space left on device" in captured.err
 
 
+def test_compare_refuses_a_directory_of_user_files_before_any_work(tiny_model_dir, sums_file, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my report\n")
+    code = main(["compare", "--model", tiny_model_dir, "--data", sums_file, "--eval", f"test={sums_file}",
+                 "--methods", "sft", "--seeds", "0", "--output-dir", str(mine)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "not an nrt comparison (holds report.md)" in err
+    assert snapshot(mine) == {"report.md": b"my report\n"}
+
+
 def test_compare_reruns_a_run_and_its_evaluation_when_the_data_changes(tiny_model_dir, sums_file, tmp_path):
     from nrt.experiments import EvalFile, Experiment, run, run_directory
 

@@ -401,8 +401,11 @@ def run_compare(args) -> None:
             fail(f"{flag} {path}: no such file or directory")
     from nrt.run_record import RunDirectoryError, check_writable
 
+    from nrt.experiments import check_compare_dir
+
     try:
         check_writable(Path(args.output_dir), "--output-dir")
+        check_compare_dir(Path(args.output_dir))
     except RunDirectoryError as e:
         fail(str(e))
     exp = Experiment(args.model, args.data, Path(args.output_dir), methods, seeds, eval_sets,
