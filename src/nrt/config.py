@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,9 @@ class TrainerConfig:
     adam_epsilon: float = opt(1e-15, "AdamW epsilon (recipe 1e-15)")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_ratio: float = opt(0.1, "share of steps with a linear learning-rate warmup")
-    lr_scheduler_type: str = opt("constant_with_warmup", "transformers scheduler name after warmup")
+    lr_scheduler_type: Literal[
+        "constant_with_warmup", "constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt"
+    ] = opt("constant_with_warmup", "transformers scheduler after warmup (those that need no extra arguments)")
     max_grad_norm: float = opt(1.0, "gradient clipping norm")
     max_steps: int = opt(-1, "training steps (rollout batches); -1 runs num_train_epochs")
     num_train_epochs: float = opt(1.0, "passes over the questions when max_steps is -1")
@@ -93,6 +96,10 @@ class TrainerConfig:
     collapse_fraction: float = opt(0.25, "collapse when trace length or entropy falls below this x its start value")
     collapse_patience: int = opt(5, "consecutive steps below collapse_fraction that count as a collapse")
     collapse_reference_steps: int = opt(5, "the start value is the mean over this many first steps")
+    max_nonfinite_steps: int = opt(
+        3, "a step whose loss, reward or gradient norm is NaN/inf skips its update (counted warning); this many "
+        "in a row stop the run (exit code 4) keeping only checkpoints from before the divergence"
+    )
 
 
 @dataclass
@@ -227,7 +234,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Checks that span options; each error names the option."""
+    """Checks that span options, then the range of every option (validate_ranges); each error names the option."""
     t, d = config.trainer, config.data
     if not config.model.model_name_or_path:
         raise ConfigError("model.model_name_or_path is required (--model PATH)")
@@ -239,25 +246,77 @@ def validate(config: Config) -> None:
         raise ConfigError("data.prompt_template must contain {question}")
     if t.num_generations < 2:
         raise ConfigError("trainer.num_generations must be at least 2 (group statistics need K >= 2)")
-    if t.per_device_train_batch_size % t.num_generations:
+    if t.per_device_train_batch_size < 1 or t.per_device_train_batch_size % t.num_generations:
         raise ConfigError(
-            f"trainer.per_device_train_batch_size={t.per_device_train_batch_size} must be a multiple of "
+            f"trainer.per_device_train_batch_size={t.per_device_train_batch_size} must be a positive multiple of "
             f"trainer.num_generations={t.num_generations} (a group of K traces is never split)"
         )
-    for name in ("gradient_accumulation_steps", "steps_per_generation", "max_completion_length",
-                 "logging_steps", "save_steps", "max_prompt_length", "max_answer_length"):
-        section = d if hasattr(d, name) else t
-        if getattr(section, name) < 1:
-            raise ConfigError(f"{'data' if section is d else 'trainer'}.{name} must be at least 1")
-    if not 0 < t.top_p <= 1 or t.temperature <= 0:
-        raise ConfigError("trainer.top_p must be in (0, 1] and trainer.temperature > 0")
-    m = config.method
-    if not 0 <= m.format_reward_weight <= 1 or not 0 <= m.std_filter_decay < 1:
-        raise ConfigError("method.format_reward_weight must be in [0, 1] and method.std_filter_decay in [0, 1)")
-    if m.objective == "nrt" and m.advantage == "rloo" and t.num_generations < 2:
-        raise ConfigError("method.advantage=rloo needs trainer.num_generations >= 2")
-    if t.max_steps == 0 or (t.max_steps < 0 and t.num_train_epochs <= 0):
+    validate_ranges(config)
+    if t.max_steps == 0 or t.max_steps < -1 or (t.max_steps == -1 and t.num_train_epochs <= 0):
         raise ConfigError("trainer.max_steps must be positive, or -1 with trainer.num_train_epochs > 0")
+
+
+# option -> (low, high, low inclusive, high inclusive); None: unbounded on that side
+RANGES = {
+    "data.max_prompt_length": (1, None, True, True),
+    "data.max_answer_length": (1, None, True, True),
+    "trainer.seed": (0, 2**32 - 1, True, True),
+    "trainer.learning_rate": (0, None, False, True),
+    "trainer.adam_beta1": (0, 1, True, False),
+    "trainer.adam_beta2": (0, 1, True, False),
+    "trainer.adam_epsilon": (0, None, True, True),
+    "trainer.weight_decay": (0, None, True, True),
+    "trainer.warmup_ratio": (0, 1, True, True),
+    "trainer.max_grad_norm": (0, None, False, True),
+    "trainer.num_train_epochs": (0, None, False, True),
+    "trainer.gradient_accumulation_steps": (1, None, True, True),
+    "trainer.steps_per_generation": (1, None, True, True),
+    "trainer.temperature": (0, None, False, True),
+    "trainer.top_p": (0, 1, False, True),
+    "trainer.max_completion_length": (1, None, True, True),
+    "trainer.epsilon_low": (0, 1, True, False),
+    "trainer.epsilon_high": (0, None, True, True),
+    "trainer.beta": (0, None, True, True),
+    "trainer.logging_steps": (1, None, True, True),
+    "trainer.save_steps": (1, None, True, True),
+    "trainer.save_total_limit": (0, None, True, True),
+    "trainer.eval_steps": (0, None, True, True),
+    "trainer.eval_batch_size": (1, None, True, True),
+    "trainer.collapse_fraction": (0, 1, False, False),
+    "trainer.collapse_patience": (1, None, True, True),
+    "trainer.collapse_reference_steps": (1, None, True, True),
+    "trainer.max_nonfinite_steps": (1, None, True, True),
+    "method.trace_loss_coef": (0, None, True, True),
+    "method.prefix_loss_coef": (0, None, True, True),
+    "method.answer_loss_coef": (0, None, True, True),
+    "method.loss_normalizer": (0, None, False, True),
+    "method.format_reward_weight": (0, 1, True, True),
+    "method.std_filter_decay": (0, 1, True, False),
+}
+
+
+def _interval(low, high, low_in, high_in) -> str:
+    if high is None:
+        return f"{'at least' if low_in else 'greater than'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def validate_ranges(config: Config) -> None:
+    """Every number is finite and every ranged option (RANGES) in its range; string fields are non-empty."""
+    for name in option_names(config):
+        section, key = name.split(".", 1)
+        value = getattr(getattr(config, section), key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}={value}: must be a finite number")
+        if name in RANGES and value is not None:
+            low, high, low_in, high_in = RANGES[name]
+            below = value < low if low_in else value <= low
+            above = high is not None and (value > high if high_in else value >= high)
+            if below or above:
+                raise ConfigError(f"{name}={value!r}: must be {_interval(low, high, low_in, high_in)}")
+    for name in ("question_field", "answer_field"):
+        if not getattr(config.data, name).strip():
+            raise ConfigError(f"data.{name} must not be empty")
 
 
 def help_text() -> str:

@@ -21,10 +21,32 @@ class ModelLoadError(NRTError, ValueError):
     """A model or tokenizer that cannot be loaded or used; the message names the path."""
 
 
-class CollapseStop(NRTError):
-    """The collapse detector stopped the run (`trainer.on_collapse=stop`); the last healthy
-    checkpoint is kept. `result` is the run's RunResult."""
+class RunDirectoryError(NRTError):
+    """An output directory a run may not use (another program's files, a locked or foreign run,
+    changed options on resume, not writable); nothing was written to it."""
+
+
+class RunEnded(NRTError):
+    """A run that ended before its last step; `result` (a RunResult) says what it left."""
 
     def __init__(self, message: str, result=None):
         super().__init__(message)
         self.result = result
+
+
+class CollapseStop(RunEnded):
+    """The collapse detector stopped the run (`trainer.on_collapse=stop`); the last healthy
+    checkpoint is kept."""
+
+
+class Diverged(RunEnded):
+    """`trainer.max_nonfinite_steps` non-finite steps in a row, or non-finite weights: no final
+    model; only checkpoints from before the divergence are kept."""
+
+
+class StoppedBySignal(RunEnded):
+    """SIGTERM or SIGINT: the last finished step was checkpointed; `--resume` continues."""
+
+
+class WriteFailed(RunEnded):
+    """A write failed during training (a full disk); the newest complete checkpoint is intact."""

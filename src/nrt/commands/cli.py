@@ -1,8 +1,13 @@
 """The `nrt` command line. Library code raises; only this package turns errors into exit codes.
 
-Exit code 2 means bad input (an option, a config file, a data record): one line on stderr
-names the place, and nothing has been written to the output directory. Exit code 3 means
-the collapse detector stopped training (`trainer.on_collapse=stop`).
+Exit codes (docs/RELIABILITY.md): 0 done; 2 bad input (an option, a config file, a data
+record, an output directory a run may not use): one line on stderr names the place, and
+nothing has been written; 3 the collapse detector stopped training (`trainer.on_collapse=stop`);
+4 the run diverged (`trainer.max_nonfinite_steps` non-finite steps in a row, or non-finite
+weights): no final model, only checkpoints from before the divergence are kept; 5 SIGTERM or
+SIGINT stopped training after checkpointing the last finished step (`--resume` continues);
+6 a write failed during training (a full disk): the newest complete checkpoint is intact;
+130 interrupted outside training (a second Ctrl-C, or one while loading).
 """
 
 from __future__ import annotations
@@ -12,7 +17,16 @@ import os
 import sys
 from pathlib import Path
 
-from nrt.commands.usage import COLLAPSE_STOP, USAGE_ERROR, UsageError, fail  # noqa: F401  (USAGE_ERROR: tests)
+from nrt.commands.usage import (  # noqa: F401  (re-exported for callers of main())
+    COLLAPSE_STOP,
+    DIVERGED,
+    INTERRUPTED,
+    STOPPED_BY_SIGNAL,
+    USAGE_ERROR,
+    WRITE_FAILED,
+    UsageError,
+    fail,
+)
 
 
 # --------------------------------------------------------------------------- train
@@ -82,6 +96,10 @@ def run_generate(args) -> None:
             questions = [q for q in path.read_text(encoding="utf-8").splitlines() if q.strip()]
         except UnicodeDecodeError:
             fail(f"--questions {path}: not valid UTF-8")
+        except OSError as e:
+            fail(f"--questions {path}: cannot read ({e.strerror or e})")
+        if not questions:
+            fail(f"--questions {path}: no questions in it (one per line)")
     else:
         questions = [args.question]
     from nrt.data import encode_prompts
@@ -91,10 +109,14 @@ def run_generate(args) -> None:
 
     tokenizer = load_tokenizer(args.model)
 
+    from jinja2 import TemplateError
+
     try:
         prompts = encode_prompts(tokenizer, questions, args.prompt_template)
     except ValueError as e:
         fail(f"--prompt-template: {e}")
+    except TemplateError as e:
+        fail(f"--model {args.model}: the chat template rejected the prompt ({str(e).splitlines()[0]})")
     model = load_model(args.model).eval()
     rs = ensure_response_start_token(model, tokenizer)
     results = think_then_answer(
@@ -152,12 +174,25 @@ def run_eval(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
+    from jinja2 import TemplateError
+
+    from nrt.training.run_record import RunDirectoryError, check_writable
+
+    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{args.bbh or path.stem}.json"
+    try:  # before the work, so the results are never computed only to be lost
+        if output.is_dir():
+            raise RunDirectoryError(f"--output {output}: is a directory")
+        check_writable(output.parent, "--output")
+    except RunDirectoryError as e:
+        fail(str(e))
     tokenizer = load_tokenizer(args.model)
     try:
         records = load_qa_records(path, *fields, messages_field=None)[: args.limit]
         examples, _ = tokenize_records(records, tokenizer, args.prompt_template, 10**6, 10**6)
-    except ValueError as e:  # DataError, or a prompt template that does not render
-        fail(str(e))
+    except (ValueError, TemplateError) as e:  # DataError, or a template that does not render
+        fail(str(e).splitlines()[0])
+    except OSError as e:
+        fail(f"{path}: cannot read ({e.strerror or e})")
 
     from nrt.evaluation.evaluate import EvalConfig, evaluate, write_report
     from nrt.tokens import ensure_response_start_token
@@ -166,9 +201,11 @@ def run_eval(args) -> None:
     rs = ensure_response_start_token(model, tokenizer)
     cfg = EvalConfig(args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed, args.force_trace)
     summary, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
-    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{args.bbh or path.stem}.json"
-    write_report(output, summary, rows, {"model": args.model, "data": str(path), "config": vars(cfg)})
     print_summary(f"{args.bbh or path.name}", summary)
+    try:
+        write_report(output, summary, rows, {"model": args.model, "data": str(path), "config": vars(cfg)})
+    except OSError as e:
+        fail(f"--output {output}: cannot write the report ({e.strerror or e}); the summary above is its result")
     print(f"report: {output}")
 
 
@@ -237,10 +274,19 @@ def run_compare(args) -> None:
     for path, flag in ((args.model, "--model"), (args.data, "--data"), (args.validation, "--validation")):
         if path and not Path(path).exists():
             fail(f"{flag} {path}: no such file or directory")
+    from nrt.training.run_record import RunDirectoryError, check_writable
+
+    from nrt.experiments.compare import check_compare_dir
+
+    try:
+        check_writable(Path(args.output_dir), "--output-dir")
+        check_compare_dir(Path(args.output_dir))
+    except RunDirectoryError as e:
+        fail(str(e))
     exp = Experiment(args.model, args.data, Path(args.output_dir), methods, seeds, eval_sets,
                      validation_data=args.validation, overrides=args.overrides, select=args.select,
                      max_trace_tokens=args.max_trace_tokens)
-    run(exp)
+    run(exp)  # a run that diverges, is stopped by a signal or cannot write keeps its exit code (4-6)
     print(f"report: {Path(args.output_dir) / 'report.md'}")
 
 
@@ -286,17 +332,24 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [x for x in extra if x not in args.overrides]
     if unknown or (args.overrides and not getattr(args, "accepts_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
-    from nrt.errors import CollapseStop, NRTError
+    from nrt.commands.usage import exit_code
+    from nrt.errors import NRTError, RunEnded
 
     try:
         args.func(args)
-    except CollapseStop as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(str(e), file=sys.stderr)
-        return COLLAPSE_STOP
     except (UsageError, NRTError) as e:
-        print(f"nrt {args.command}: error: {e}", file=sys.stderr)
-        return USAGE_ERROR
+        code = exit_code(e)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun, one process reports
+            ended_well = isinstance(e, RunEnded) and code in (COLLAPSE_STOP, STOPPED_BY_SIGNAL)
+            print(str(e) if ended_well else f"nrt {args.command}: error: {e}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print(f"nrt {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except SystemExit as e:  # a command's own exit code (3-6): returned, so callers of main() get it
+        if isinstance(e.code, int):
+            return e.code
+        raise
     return 0
 
 

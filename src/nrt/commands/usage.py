@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-USAGE_ERROR = 2  # bad input: an option, a config file, a data record, a model path
+USAGE_ERROR = 2  # bad input: an option, a config file, a data record, a model path, an output directory
 COLLAPSE_STOP = 3  # trainer.on_collapse=stop ended the run
+DIVERGED = 4  # trainer.max_nonfinite_steps non-finite steps in a row, or non-finite weights
+STOPPED_BY_SIGNAL = 5  # SIGTERM / SIGINT: the last finished step is checkpointed
+WRITE_FAILED = 6  # an OSError while writing during training (disk full, ...)
+INTERRUPTED = 130  # Ctrl-C outside training
 
 
 class UsageError(Exception):
@@ -14,3 +18,14 @@ class UsageError(Exception):
 
 def fail(message: str) -> NoReturn:
     raise UsageError(message)
+
+
+def exit_code(error: Exception) -> int:
+    """The exit code of a library error (nrt.errors); anything else nrt raises on purpose is bad input."""
+    from nrt.errors import CollapseStop, Diverged, StoppedBySignal, WriteFailed
+
+    for kind, code in ((CollapseStop, COLLAPSE_STOP), (Diverged, DIVERGED), (StoppedBySignal, STOPPED_BY_SIGNAL),
+                       (WriteFailed, WRITE_FAILED)):
+        if isinstance(error, kind):
+            return code
+    return USAGE_ERROR

@@ -7,12 +7,17 @@ Used by `nrt compare` and `nrt demo`. Runs go one after another into
     output_dir/report.md, curves.png, summary.json
 
 and the whole thing is resumable: a finished run (run_info.json) or evaluation (its JSON)
-is skipped, an interrupted run continues from its newest checkpoint.
+is skipped, an interrupted run continues from its newest checkpoint. Reuse is keyed by
+everything that determines the result (run_key, eval_key: contents of the data files and
+base model, method, seed, options); a run or evaluation made with other inputs is done again.
+A run's key sits beside its directory (runs/<method>/seed<k>.key).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +63,40 @@ def run_directory(exp: Experiment, method: str, seed: int) -> Path:
     return Path(exp.output_dir) / "runs" / method / f"seed{seed}"
 
 
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_digest(model: str | Path) -> str:
+    """Contents of a local model's weights and config (file_digest of each), else its hub name."""
+    from nrt.training.run_record import file_digest
+
+    path = Path(model)
+    files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin"), path / "config.json"]) if path.is_dir() else []
+    files = [f for f in files if f.is_file()]
+    return _hash([[f.name, file_digest(f)] for f in files]) if files else f"name:{model}"
+
+
+def run_key(exp: Experiment, method: str, seed: int) -> str:
+    """What determines a trained run: method, seed, options, base model and data contents."""
+    from nrt.training.run_record import file_digest
+
+    return _hash({
+        "method": method, "seed": seed, "overrides": list(exp.overrides),
+        "method_overrides": list(exp.method_overrides.get(method, [])), "base_model": model_digest(exp.base_model),
+        "train_data": file_digest(exp.train_data),
+        "validation": file_digest(exp.validation_data) if exp.validation_data else None,
+    })
+
+
+def eval_key(exp: Experiment, s: EvalFile, model: str) -> str:
+    """What determines an evaluation: the model (see model_digest), the set's contents and fields, lengths."""
+    from nrt.training.run_record import file_digest
+
+    return _hash({"model": model, "data": file_digest(s.path), "fields": [s.question_field, s.answer_field],
+                  "max_trace_tokens": exp.max_trace_tokens, "max_answer_tokens": exp.max_answer_tokens})
+
+
 def train(exp: Experiment, method: str, seed: int) -> dict:
     """Train one (method, seed) unless finished; returns its run_info."""
     from nrt.errors import CollapseStop
@@ -66,22 +105,28 @@ def train(exp: Experiment, method: str, seed: int) -> dict:
 
     directory = run_directory(exp, method, seed)
     info_path = directory / "run_info.json"
-    if info_path.is_file():
-        return json.loads(info_path.read_text())
+    key, key_path = run_key(exp, method, seed), directory.with_name(directory.name + ".key")
+    if key_path.is_file() and key_path.read_text() == key:
+        if info_path.is_file():
+            return json.loads(info_path.read_text())
+    elif directory.exists():  # made with other data, options or base model (or before keys): train again
+        shutil.rmtree(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    key_path.write_text(key)
     resume = any(directory.glob("checkpoint-*"))
     validation = [f"data.eval_path={exp.validation_data}"] if exp.validation_data else []
     overrides = [f"trainer.seed={seed}", *validation, *exp.overrides, *exp.method_overrides.get(method, [])]
     config = resolve_config(method, overrides=overrides, model=exp.base_model, data=exp.train_data,
                             output_dir=str(directory))
     tick = time.perf_counter()
-    try:
+    try:  # any other end (divergence, a signal, a full disk) propagates with its own exit code
         train_run(config, resume=resume)
         stopped = False
     except CollapseStop:
         stopped = True
     records = read_metrics(directory)
     collapsed = [r["step"] for r in records if r.get("collapse_detected")]
-    info = {"method": method, "seed": seed, "wall_s": time.perf_counter() - tick,
+    info = {"method": method, "seed": seed, "key": key, "wall_s": time.perf_counter() - tick,
             "stopped_by_collapse": stopped, "collapse_step": collapsed[0] if collapsed else None}
     info_path.write_text(json.dumps(info))
     return info
@@ -95,11 +140,15 @@ def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str,
     from nrt.tokens import ensure_response_start_token
 
     results, model, tokenizer = {}, None, None
+    identity = model_digest(model_dir)
     for s in exp.eval_sets:
         path = out_dir / f"{s.name}.json"
+        key = eval_key(exp, s, identity)
         if path.is_file():
-            results[s.name] = json.loads(path.read_text())["summary"]
-            continue
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                results[s.name] = cached["summary"]
+                continue
         if model is None:
             tokenizer = load_tokenizer(str(model_dir))
             model = load_model(str(model_dir)).eval()
@@ -108,14 +157,31 @@ def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str,
         examples, _ = tokenize_records(records, tokenizer, "{question}\n", 10**6, 10**6)
         cfg = EvalConfig(exp.max_trace_tokens, exp.max_answer_tokens)
         summary, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
-        write_report(path, summary, rows, {"model": str(model_dir), "data": s.path})
+        write_report(path, summary, rows, {"model": str(model_dir), "data": s.path, "key": key})
         results[s.name] = summary
     return results
+
+
+MARKER = "nrt_compare.json"  # marks an output directory as a comparison's (check_compare_dir)
+
+
+def check_compare_dir(path: Path) -> None:
+    """Refuse a directory that is not empty and not a comparison (its marker, or the runs/ of an older one)."""
+    from nrt.training.run_record import RunDirectoryError
+
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / MARKER).is_file() and not (path / "runs").is_dir():
+        names = sorted(p.name for p in path.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise RunDirectoryError(f"--output-dir {path}: not empty and not an nrt comparison (holds {shown}); "
+                                "choose an empty or new directory")
 
 
 def run(exp: Experiment, log=print) -> dict:
     """Train and evaluate everything, then write the report; returns the summary."""
     summary: dict = {"runs": []}
+    Path(exp.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(exp.output_dir) / MARKER).write_text(json.dumps({"nrt_compare": 1}))
     if exp.include_base:
         log(f"evaluating the base model {exp.base_model}")
         base = evaluate_model(exp, Path(exp.base_model), Path(exp.output_dir) / "base_eval")

@@ -6,23 +6,24 @@
     result = train(config)
 
 Everything that can be checked is checked before the model loads: options (`ConfigError`),
-every data record (`DataError`), the tokenizer (`ModelLoadError`). A run stopped by the
-collapse detector raises `CollapseStop`, whose `result` says where the healthy model is.
+the output directory (`RunDirectoryError`), every data record (`DataError`), the tokenizer
+(`ModelLoadError`). A run that ends before its last step raises a `RunEnded` (`CollapseStop`,
+`Diverged`, `StoppedBySignal`, `WriteFailed`: nrt.errors), whose `result` says what it left.
 `nrt train`, `nrt compare`, the demo and the scripts all train through this function.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from nrt.config import Config, apply_overrides, load_yaml, set_option, validate
 from nrt.data import TokenizedExample, load_qa_records, tokenize_records
-from nrt.errors import CollapseStop, ConfigError, DataError
+from nrt.errors import CollapseStop, ConfigError, DataError, Diverged, StoppedBySignal, WriteFailed
 from nrt.model_loading import load_model, load_tokenizer
 from nrt.presets import preset_overrides
 from nrt.training.base import EvalSet, Trainer
+from nrt.training.run_record import check_output_dir, complete_checkpoints, resume_changes
 
 
 @dataclass
@@ -60,26 +61,23 @@ def resolve_config(method: str | None = None, config_file: str | None = None, ov
 
 def load_examples(config: Config, tokenizer, path=None) -> tuple[list[TokenizedExample], list[str], int]:
     """Read and validate a whole dataset (before the model is loaded): (examples, references, skipped)."""
+    from jinja2 import TemplateError
+
     d = config.data
-    records = load_qa_records(path or d.path, d.question_field, d.answer_field, d.messages_field or None)
+    path = path or d.path
     try:
+        records = load_qa_records(path, d.question_field, d.answer_field, d.messages_field or None)
         examples, skipped = tokenize_records(
             records, tokenizer, d.prompt_template, d.max_prompt_length, d.max_answer_length, d.skip_overlong
         )
-    except ValueError as e:  # a prompt template or chat template that cannot render a record
-        raise e if isinstance(e, DataError) else DataError(str(e)) from None
+    except DataError:
+        raise
+    except (ValueError, TemplateError) as e:  # a prompt or chat template that cannot render a record
+        raise DataError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     kept = {ex.source for ex in examples}
     return examples, [r.answer for r in records if r.source in kept], skipped
-
-
-def check_run_directory(config: Config, resume: bool) -> None:
-    out = Path(config.trainer.output_dir)
-    has_run = out.is_dir() and any(out.glob("checkpoint-*"))
-    if has_run and not resume:
-        raise ConfigError(f"--output-dir {out}: holds an earlier run; pass --resume to continue it or choose "
-                          "another directory")
-    if resume and not has_run:
-        raise ConfigError(f"--output-dir {out}: no checkpoint to resume from")
 
 
 def make_trainer(config: Config, model, tokenizer, examples, eval_set=None, **kwargs) -> Trainer:
@@ -96,25 +94,41 @@ def make_trainer(config: Config, model, tokenizer, examples, eval_set=None, **kw
 def train(config: Config, resume: bool = False, log=print) -> RunResult:
     """Train as `config` says; returns what the run produced (see the module docstring for errors)."""
     validate(config)
-    check_run_directory(config, resume)
+    out = Path(config.trainer.output_dir)
+    check_output_dir(out, resume, config.model.model_name_or_path)  # read-only checks, before anything loads
+    changes = resume_changes(out, config) if resume else {}
     tokenizer = load_tokenizer(config.model.model_name_or_path)
     examples, _, skipped = load_examples(config, tokenizer)
     eval_set = None
     if config.data.eval_path:
         eval_examples, references, _ = load_examples(config, tokenizer, config.data.eval_path)
         eval_set = EvalSet(eval_examples, references)
-    is_main = os.environ.get("RANK", "0") == "0"  # under accelerate launch / torchrun, one process reports
-    if is_main:
-        log(f"data: {len(examples)} examples from {config.data.path}"
-            + (f", {skipped} over-long skipped" if skipped else ""))
+    log(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
 
     model = load_model(config.model.model_name_or_path, config.model.dtype)
     trainer = make_trainer(config, model, tokenizer, examples, eval_set)
-    trainer.train(resume=resume)
-    result = RunResult(Path(config.trainer.output_dir), trainer.step, trainer.best.step,
+    if changes:
+        log("resume applies: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    try:
+        trainer.train(resume=resume)
+    except OSError as e:
+        kept = complete_checkpoints(out)
+        kept = (f"checkpoint-{kept[-1]} is the newest complete checkpoint (--resume continues from it)" if kept
+                else "no checkpoint was completed")
+        raise WriteFailed(f"writing to {out} failed at step {trainer.step}: {e.strerror or e}; {kept}") from None
+    result = RunResult(out, trainer.step, trainer.best.step,
                        trainer.best.accuracy if trainer.best.step is not None else None,
                        trainer.stopped_by_collapse, skipped, len(examples))
+    if trainer.stopped_by_divergence:
+        kept = complete_checkpoints(out)
+        kept = f"checkpoint-{kept[-1]} is the newest kept checkpoint" if kept else "no checkpoint is kept"
+        raise Diverged(f"{trainer.stopped_by_divergence}; no final model written, {kept} in {out} (lower "
+                       "trainer.learning_rate and start a new run; a kept checkpoint can be its --model)", result)
+    if trainer.stopped_by_signal:
+        raise StoppedBySignal(f"stopped by {trainer.stopped_by_signal} after step {trainer.step}; "
+                              f"checkpoint-{trainer.step} saved in {out} (--resume continues)", result)
     if trainer.stopped_by_collapse:
-        raise CollapseStop(f"stopped: {trainer.stopped_by_collapse}; the last healthy checkpoint is kept in "
-                           f"{result.output_dir}", result)
+        raise CollapseStop(f"stopped: {trainer.stopped_by_collapse}; the last healthy checkpoint is kept in {out}",
+                           result)
     return result
+

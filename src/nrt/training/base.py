@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from nrt.engine.options import EngineOptions
 from nrt.tokens import ensure_response_start_token, pad_token_id
 from nrt.training.checkpoints import RunDirectory
 from nrt.training.collapse import CollapseDetector
+from nrt.training.guards import WATCHED, DivergenceGuard, NonFiniteError, StopSignal, check_weights, nonfinite_names
 from nrt.training.metrics import MetricsLogger
 
 
@@ -127,9 +129,13 @@ class Trainer:
         self.run_dir = RunDirectory(t.output_dir, self.accelerator)
         self.step = 0
         self.stopped_by_collapse: str | None = None
+        self.stopped_by_divergence: str | None = None  # the message; the run wrote no final model
+        self.stopped_by_signal: str | None = None  # SIGTERM / SIGINT: checkpointed at a step boundary
+        self.step_nonfinite: list[str] = []  # what the last step found non-finite (its updates were skipped)
         self._orders: dict[int, list[int]] = {}
         self.collapse = CollapseDetector(t.collapse_fraction, t.collapse_patience, t.collapse_reference_steps)
         self.best = BestModel()
+        self.divergence = DivergenceGuard(t.max_nonfinite_steps)
 
     def before_optimizer(self, model) -> None:
         """Called with the plain model before compiling, the optimizer and accelerate's wrapping."""
@@ -174,25 +180,56 @@ class Trainer:
         return [questions[i : i + n] for i in range(0, len(questions), n)]
 
     # ------------------------------------------------------------------ updates
-    def optimizer_updates(self, loss_of) -> tuple[list, list[dict]]:
+    def optimizer_updates(self, loss_of, watched=None) -> tuple[list, list[dict]]:
         """steps_per_generation optimizer updates; update u accumulates micro-batches
-        u*GA .. (u+1)*GA-1, each loss_of(j).loss scaled by 1/GA (gradients synced on the last)."""
+        u*GA .. (u+1)*GA-1, each loss_of(j).loss scaled by 1/GA (gradients synced on the last).
+        An update whose loss, watched(j) values (rewards) or gradient norm is non-finite on any
+        process is skipped: gradients dropped, optimizer untouched, the schedule still advances."""
         t = self.config.trainer
         ga = t.gradient_accumulation_steps
         outputs, update_stats = [], []
+        self.step_nonfinite = []
         for update in range(t.steps_per_generation):
+            nonfinite = []
             for j in range(update * ga, (update + 1) * ga):
                 sync = j == (update + 1) * ga - 1
                 with self.accelerator.no_sync(self.model) if not sync else nullcontext():
                     out = loss_of(j)
                     self.accelerator.backward(out.loss / ga)
                 outputs.append(out)
+                nonfinite += nonfinite_names({"loss": out.loss, **(watched(j) if watched else {})})
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+            nonfinite = self.agreed(nonfinite + nonfinite_names({"grad_norm": grad_norm}))
             update_stats.append({"grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0]})
-            self.optimizer.step()
-            self.scheduler.step()
+            if nonfinite:
+                self.step_nonfinite = sorted(set(self.step_nonfinite) | set(nonfinite), key=WATCHED.index)
+                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": skipped on purpose
+                    warnings.simplefilter("ignore")
+                    self.scheduler.step()
+            else:
+                self.optimizer.step()
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return outputs, update_stats
+
+    def agreed(self, names: list[str]) -> list[str]:
+        """The WATCHED names found on any process (all processes skip the same updates)."""
+        if self.accelerator.num_processes == 1:
+            return [n for n in WATCHED if n in names]
+        flags = torch.tensor([[float(n in names) for n in WATCHED]], device=self.accelerator.device)
+        found = self.accelerator.gather(flags).amax(0)
+        return [n for n, f in zip(WATCHED, found.tolist()) if f > 0]
+
+    def weights_finite(self) -> bool:
+        """True when every process's parameters are finite (checked before each save)."""
+        try:
+            check_weights(self.accelerator.unwrap_model(self.model).named_parameters(), "")
+            bad = 0.0
+        except NonFiniteError:
+            bad = 1.0
+        if self.accelerator.num_processes > 1:
+            bad = float(self.accelerator.gather(torch.tensor([bad], device=self.accelerator.device)).amax())
+        return bad == 0.0
 
     def update_metrics(self, losses: list, update_stats: list[dict], names: tuple[str, ...]) -> dict:
         """Loss terms (mean over micro-batches and processes), grad norm (mean over updates), last lr."""
@@ -216,7 +253,7 @@ class Trainer:
         with self.accelerator.autocast():
             summary, _ = evaluate(self.accelerator.unwrap_model(self.model), self.tokenizer, self.eval_set.examples,
                                   self.eval_set.references, cfg, self.response_start_id)
-        if summary["accuracy"] > self.best.accuracy:
+        if summary["accuracy"] > self.best.accuracy and self.weights_finite():
             self.best.accuracy, self.best.step = summary["accuracy"], self.step
             self.run_dir.save_best(self.model, self.tokenizer, self.config, self.step)
         metrics = {f"eval_{k}": float(v) for k, v in summary.items() if k != "n"}
@@ -225,10 +262,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self, resume: bool = False) -> None:
+        """Run to total_steps. Ends early, with no final model written, on a collapse stop
+        (stopped_by_collapse), a divergence (stopped_by_divergence) or SIGTERM/SIGINT
+        (stopped_by_signal, after checkpointing the last finished step)."""
+        if resume and not self.run_dir.checkpoints():  # claimed, but killed before its first checkpoint
+            resume = False
+        changes = self.run_dir.start(self.config, fresh=not resume)
+        try:
+            if resume:
+                self.step = self.run_dir.resume(self.model, self.optimizer, self.scheduler)
+                self.run_dir.record_resume(self.step, changes)
+            with StopSignal() as stop:
+                self.loop(stop)
+        finally:
+            self.run_dir.release()
+
+    def loop(self, stop: StopSignal) -> None:
+        """Steps until the last, each followed by validation, the collapse and divergence checks,
+        logging and checkpoints; the final model at the end."""
         t = self.config.trainer
-        if resume:
-            self.step = self.run_dir.resume(self.model, self.optimizer, self.scheduler)
-        self.run_dir.start(self.config, fresh=not resume)
         logger = MetricsLogger(self.run_dir, self.config, self.accelerator, total_steps=self.total_steps,
                                first_step=self.step)
         with logger:
@@ -236,23 +288,51 @@ class Trainer:
                 logger.log({"step": 0, **self.evaluate()})
             while self.step < self.total_steps:
                 metrics = self.train_step()
+                nonfinite = self.step_nonfinite
+                if nonfinite:
+                    metrics["skipped_update"] = 1.0
                 if self.eval_set is not None and (
                     self.step == self.total_steps or (t.eval_steps > 0 and self.step % t.eval_steps == 0)
                 ):
                     metrics.update(self.evaluate())
-                collapse = self.collapse.update(metrics) if "trace_length_mean" in metrics else None
+                watch = "trace_length_mean" in metrics and not nonfinite
+                collapse = self.collapse.update(metrics) if watch else None
+                diverged = self.divergence.update(self.step, nonfinite)
                 if collapse:
                     metrics["collapse_detected"] = 1.0
-                if self.step % t.logging_steps == 0 or self.step == self.total_steps or collapse:
+                if self.step % t.logging_steps == 0 or self.step == self.total_steps or collapse or nonfinite:
                     logger.log(metrics)
                 logger.advance(metrics)
+                if nonfinite:
+                    logger.warn(self.divergence.warning(self.step, nonfinite))
+                if diverged or (nonfinite and not self.weights_finite()):
+                    # the weights that produced the first non-finite step are suspect: drop their checkpoints
+                    self.stopped_by_divergence = diverged or f"non-finite weights after step {self.step}"
+                    self.run_dir.drop_checkpoints_from(self.divergence.protect_before)
+                    return
                 if collapse:
                     logger.warn(collapse)
                     if t.on_collapse == "stop":
                         self.stopped_by_collapse = collapse
                         self.run_dir.keep_healthy(self.collapse.unhealthy_since, self.tokenizer, self.config)
                         return
-                if self.step % t.save_steps == 0 or self.step == self.total_steps:
+                stopping = self.agreed_stop(stop)
+                if self.step % t.save_steps == 0 or self.step == self.total_steps or stopping:
+                    if not self.weights_finite():
+                        self.stopped_by_divergence = f"non-finite weights after step {self.step}"
+                        self.run_dir.drop_checkpoints_from(self.divergence.protect_before or self.step)
+                        return
+                    protect = [s for s in (self.collapse.unhealthy_since, self.divergence.protect_before) if s]
                     self.run_dir.save_checkpoint(self.step, self.model, self.tokenizer, self.config,
-                                                 protect_before=self.collapse.unhealthy_since)
+                                                 protect_before=min(protect) if protect else None)
+                if stopping:
+                    self.stopped_by_signal = stopping
+                    return
         self.run_dir.save_final(self.model, self.tokenizer, self.config)
+
+    def agreed_stop(self, stop: StopSignal) -> str | None:
+        """The signal received by any process (all stop at the same step), or None."""
+        if self.accelerator.num_processes == 1:
+            return stop.received
+        got = self.accelerator.gather(torch.tensor([float(stop.received is not None)], device=self.accelerator.device))
+        return (stop.received or "SIGTERM") if float(got.amax()) > 0 else None

@@ -9,7 +9,9 @@
       model.safetensors, ...    the final model, loadable with from_pretrained
 
 A checkpoint is written to `checkpoint-N.tmp` and renamed when complete, so an interrupted
-save never leaves a checkpoint that looks valid.
+save never leaves a checkpoint that looks valid; the final model's files are written aside
+and renamed into place one by one. Weights are checked before every save (guards.py). The
+directory is claimed and locked for the run's duration (run_record.py).
 """
 
 from __future__ import annotations
@@ -17,15 +19,36 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
+from nrt.training.guards import check_weights
+from nrt.training.run_record import (RunDirectoryError, RunLock, atomic_write_text, check_output_dir,
+                            record_resume, resume_changes, write_record)
+
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-class ResumeError(RuntimeError):
+class ResumeError(RunDirectoryError):
     pass
+
+
+class WriteError(OSError):
+    """A save that failed part-way (a full disk): what torch.save and safetensors raise, as an OSError."""
+
+
+@contextmanager
+def writing(what: str):
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except OSError:
+        raise
+    except (RuntimeError, SafetensorError) as e:  # torch.save: "unexpected pos"; safetensors: "I/O error: ..."
+        raise WriteError(f"writing {what}: {str(e).splitlines()[0]}") from e
 
 
 class RunDirectory:
@@ -44,24 +67,47 @@ class RunDirectory:
         found = [(int(m.group(1)), p) for p in self.path.iterdir() if (m := CHECKPOINT.match(p.name))]
         return sorted(found)
 
-    def start(self, config, fresh: bool) -> None:
+    def start(self, config, fresh: bool) -> dict:
+        """Claim and lock the directory and write the resolved config. A fresh start refuses a
+        directory that is not empty and not an nrt run, or that holds finished checkpoints, and
+        clears what an unfinished earlier start left; a resume refuses option changes outside
+        run_record.RESUMABLE. Returns the option changes a resume applies."""
+        changes = {}
         if self.is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            check_output_dir(self.path, resume=not fresh)
+            self.lock = RunLock(self.path).acquire()
             if fresh:
+                for stale in [*self.path.glob("checkpoint-*.tmp"), self.path / "best.tmp", self.path / ".final.tmp"]:
+                    shutil.rmtree(stale, ignore_errors=True)
+                write_record(self.path, config)
                 self.metrics_path.write_text("")
+            else:
+                changes = resume_changes(self.path, config)
+            atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.accelerator.wait_for_everyone()
+        return changes
+
+    def record_resume(self, step: int, changes: dict) -> None:
+        if self.is_main:
+            record_resume(self.path, step, changes)
+
+    def release(self) -> None:
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
 
     def save_checkpoint(self, step: int, model, tokenizer, config, protect_before: int | None = None) -> None:
         """Write checkpoint-`step`; prune to `save_total_limit`, but never the newest checkpoint
         older than `protect_before` (the last healthy one while a collapse is suspected)."""
         final = self.path / f"checkpoint-{step}"
         tmp = self.path / f"checkpoint-{step}.tmp"
+        check_weights(self.accelerator.unwrap_model(model).named_parameters(), final.name)
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp / "training_state"))
-        self._save_model(tmp, model, tokenizer, config, step)
+        with writing(tmp.name):
+            self.accelerator.save_state(str(tmp / "training_state"))
+            self._save_model(tmp, model, tokenizer, config, step)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             if final.exists():
@@ -80,10 +126,12 @@ class RunDirectory:
     def save_best(self, model, tokenizer, config, step: int) -> None:
         """The best model on validation so far, in output_dir/best (replaced atomically)."""
         best, tmp = self.path / "best", self.path / "best.tmp"
+        check_weights(self.accelerator.unwrap_model(model).named_parameters(), "best")
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self._save_model(tmp, model, tokenizer, config, step)
+        with writing(tmp.name):
+            self._save_model(tmp, model, tokenizer, config, step)
         if self.is_main:
             if best.exists():
                 shutil.rmtree(best)
@@ -91,8 +139,31 @@ class RunDirectory:
         self.accelerator.wait_for_everyone()
 
     def save_final(self, model, tokenizer, config) -> None:
-        self._save_model(self.path, model, tokenizer, config, step=None)
+        """The final model in output_dir: written to output_dir/.final.tmp, then each file renamed in."""
+        check_weights(self.accelerator.unwrap_model(model).named_parameters(), "the final model")
+        tmp = self.path / ".final.tmp"
+        if self.is_main and tmp.exists():
+            shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
+        with writing("the final model"):
+            self._save_model(tmp, model, tokenizer, config, step=None)
+        if self.is_main:
+            for item in sorted(tmp.iterdir()):
+                item.replace(self.path / item.name)
+            tmp.rmdir()
+        self.accelerator.wait_for_everyone()
+
+    def drop_checkpoints_from(self, step: int) -> Path | None:
+        """Remove the checkpoints of `step` and later (after a divergence); returns the newest kept."""
+        kept = None
+        if self.is_main:
+            for s, path in self.checkpoints():
+                if s >= step:
+                    shutil.rmtree(path)
+                else:
+                    kept = path
+        self.accelerator.wait_for_everyone()
+        return kept
 
     def _save_model(self, directory: Path, model, tokenizer, config, step) -> None:
         state_dict = self.accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed
@@ -130,8 +201,27 @@ class RunDirectory:
         step, path = found[-1]
         self.accelerator.load_state(str(path / "training_state"))
         if self.is_main and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= step]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in metrics_lines(self.metrics_path) if json.loads(line)["step"] <= step]
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
         self.accelerator.wait_for_everyone()
         return step
+
+
+def metrics_lines(path: Path) -> list[str]:
+    """The records of metrics.jsonl; a torn last line (a write cut short) is dropped, a broken line
+    before it is a ResumeError naming it."""
+    lines = [line for line in Path(path).read_text(errors="replace").split("\n")]
+    good = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError
+        except ValueError:
+            if all(not rest.strip() for rest in lines[number:]):
+                break  # the torn tail of an interrupted append
+            raise ResumeError(f"{path}:{number}: not a metrics record; remove or repair that line") from None
+        good.append(line)
+    return good

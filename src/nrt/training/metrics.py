@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -55,8 +57,7 @@ class MetricsLogger:
     def log(self, metrics: dict) -> None:
         if not self.is_main:
             return
-        with open(self.run_dir.metrics_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_line(self.run_dir.metrics_path, json.dumps(finite_or_null(metrics), allow_nan=False))
         if self.writer:
             for key, value in metrics.items():
                 if key != "step":
@@ -70,6 +71,29 @@ class MetricsLogger:
 
     def advance(self, metrics: dict) -> None:
         self.progress.update(self.task, advance=1, info=summary(metrics))
+
+
+def finite_or_null(metrics: dict) -> dict:
+    """NaN and inf become null (metrics.jsonl stays strict JSON; the step's warning names them)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
+def append_line(path, line: str) -> None:
+    """Append one line, or nothing: a failed write (a full disk) is cut back to the old size before
+    the error propagates, so the file never ends in a torn record."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def summary(metrics: dict) -> str:

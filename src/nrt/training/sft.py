@@ -26,7 +26,7 @@ class SFTLoss:
 class SFTTrainer(Trainer):
     def __init__(self, config, model, tokenizer, examples, accelerator=None, eval_set=None, engine=None):
         super().__init__(config, model, tokenizer, examples, accelerator, eval_set, engine)
-        self.register_state([self.collapse, self.best])
+        self.register_state([self.collapse, self.best, self.divergence])
 
     def train_step(self) -> dict:
         chunks = self.micro_batches(self.step)

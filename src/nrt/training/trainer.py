@@ -58,7 +58,7 @@ class NRTTrainer(Trainer):
         super().__init__(config, model, tokenizer, examples, accelerator, eval_set, engine)
         # RLPR's debiasing needs the *initial* policy's no-trace reward: computed now, before any update
         self.initial_no_trace_reward = self.no_trace_rewards() if m.reward_baseline == "initial_no_trace" else None
-        self.register_state([self.std_filter, self.collapse, self.best])
+        self.register_state([self.std_filter, self.collapse, self.best, self.divergence])
 
     def before_optimizer(self, model) -> None:
         """With a KL term (trainer.beta > 0), a frozen copy of the initial model is the reference."""
@@ -92,7 +92,7 @@ class NRTTrainer(Trainer):
             out, scored[j] = self.micro_batch_loss(rollouts[j], chunks[j], baselines[j], scored[j])
             return out
 
-        losses, update_stats = self.optimizer_updates(loss_of)
+        losses, update_stats = self.optimizer_updates(loss_of, watched=lambda j: {"reward": scored[j].stats.reward})
         timer["update"] = time.perf_counter() - tick
 
         self.step += 1
