@@ -75,16 +75,29 @@ def build_config(args):
     return config
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+def load_tokenizer(source):
+    """The tokenizer of a model path or ModelSource; a ModelLoadError becomes a one-line usage error."""
+    from nrt.model_loading import ModelLoadError
+    from nrt.model_loading import load_tokenizer as load
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        fail(f"--model {path}: cannot load a tokenizer ({str(e).splitlines()[0]})")
-    if tokenizer.eos_token_id is None:
-        fail(f"--model {path}: the tokenizer has no eos token")
-    return tokenizer
+        return load(source)
+    except ModelLoadError as e:
+        fail(f"--model {e}")
+
+
+def load_model(source, dtype=None, fits=None):
+    """The model of a model path or ModelSource, checked by check_model_fits(model, *fits) when given."""
+    from nrt.model_loading import ModelLoadError, check_model_fits
+    from nrt.model_loading import load_model as load
+
+    try:
+        model = load(source, dtype=dtype)
+        if fits is not None:
+            check_model_fits(model, *fits)
+    except ModelLoadError as e:
+        fail(f"--model {e}")
+    return model
 
 
 def load_examples(config, tokenizer, path=None):
@@ -111,7 +124,10 @@ def run_train(args) -> None:
         fail(f"--output-dir {out}: holds an earlier run; pass --resume to continue it or choose another directory")
     if args.resume and not has_run:
         fail(f"--output-dir {out}: no checkpoint to resume from")
-    tokenizer = load_tokenizer(config.model.model_name_or_path)
+    from nrt.model_loading import ModelSource
+
+    source = ModelSource.from_config(config.model)
+    tokenizer = load_tokenizer(source)
     examples, _, skipped = load_examples(config, tokenizer)
     eval_set = None
     if config.data.eval_path:
@@ -124,12 +140,12 @@ def run_train(args) -> None:
         print(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
 
     import torch
-    from transformers import AutoModelForCausalLM
 
     from nrt.trainer import NRTTrainer
 
     dtype = getattr(torch, config.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
+    checked = examples + (eval_set.examples if eval_set else [])
+    model = load_model(source, dtype=dtype, fits=(tokenizer, config, checked))
     trainer = NRTTrainer(config, model, tokenizer, examples, eval_set=eval_set)
     trainer.train(resume=args.resume)
     if trainer.stopped_by_collapse:
@@ -170,8 +186,6 @@ def run_generate(args) -> None:
     else:
         questions = [args.question]
     tokenizer = load_tokenizer(args.model)
-    from transformers import AutoModelForCausalLM
-
     from nrt.data import encode_prompts
     from nrt.generation import think_then_answer
     from nrt.tokens import RESPONSE_START, ensure_response_start_token
@@ -180,7 +194,7 @@ def run_generate(args) -> None:
         prompts = encode_prompts(tokenizer, questions, args.prompt_template)
     except ValueError as e:
         fail(f"--prompt-template: {e}")
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    model = load_model(args.model).eval()
     rs = ensure_response_start_token(model, tokenizer)
     results = think_then_answer(
         model, prompts, response_start_id=rs, eos_id=tokenizer.eos_token_id,
@@ -254,16 +268,15 @@ def run_eval(args) -> None:
     except (DataError, ValueError) as e:
         fail(str(e))
 
-    from transformers import AutoModelForCausalLM
-
     from nrt.evaluate import EvalConfig, evaluate, write_report
     from nrt.tokens import ensure_response_start_token
 
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    model = load_model(args.model).eval()
     rs = ensure_response_start_token(model, tokenizer)
     cfg = EvalConfig(args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed, args.force_trace)
     summary, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
-    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{args.bbh or path.stem}.json"
+    model_dir = Path(args.model).parent if args.model.endswith(".gguf") else Path(args.model)
+    output = Path(args.output) if args.output else model_dir / "eval" / f"{args.bbh or path.stem}.json"
     write_report(output, summary, rows, {"model": args.model, "data": str(path), "config": vars(cfg)})
     print_summary(f"{args.bbh or path.name}", summary)
     print(f"report: {output}")

@@ -33,6 +33,13 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = opt(
         "float32", "dtype of the weights; bfloat16 halves memory, float32 master weights are safer with bf16 autocast"
     )
+    gguf_file: str | None = opt(
+        None, "a GGUF file name inside the model directory (transformers' gguf_file); a .gguf path as "
+        "--model works too. Dequantised to float at load (needs the gguf extra)"
+    )
+    trust_remote_code: bool = opt(
+        False, "allow a model directory's own Python code (config auto_map); off, such a model is refused"
+    )
 
 
 @dataclass

@@ -85,10 +85,9 @@ def train(exp: Experiment, method: str, seed: int) -> dict:
 
 def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str, dict]:
     """Evaluate one model on every evaluation set (cached per set); name -> summary."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from nrt.data import load_qa_records, tokenize_records
     from nrt.evaluate import EvalConfig, evaluate, write_report
+    from nrt.model_loading import load_model, load_tokenizer
     from nrt.tokens import ensure_response_start_token
 
     results, model, tokenizer = {}, None, None
@@ -98,8 +97,8 @@ def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str,
             results[s.name] = json.loads(path.read_text())["summary"]
             continue
         if model is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+            tokenizer = load_tokenizer(model_dir)
+            model = load_model(model_dir).eval()
             rs = ensure_response_start_token(model, tokenizer)
         records = load_qa_records(s.path, s.question_field, s.answer_field, messages_field=None)
         examples, _ = tokenize_records(records, tokenizer, "{question}\n", 10**6, 10**6)
