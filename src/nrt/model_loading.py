@@ -83,10 +83,11 @@ def as_source(source) -> ModelSource:
 
 
 def looks_local(path: str) -> bool:
-    """True for what can only be a local path: starts with . / ~, ends with .gguf, or has a
-    separator in a form a hub id cannot have (a hub id is `owner/name`)."""
+    """True for what can only be a local path: starts with . / ~, ends with .gguf, has a separator
+    in a form a hub id cannot have (a hub id is `owner/name`), or is `dir/name` with `dir` an
+    existing local directory (a mistyped run directory, not a hub id)."""
     return (path.startswith((".", "/", "~", "\\")) or path.endswith(".gguf") or "\\" in path
-            or not HUB_ID.match(path))
+            or not HUB_ID.match(path) or ("/" in path and Path(path.split("/")[0]).is_dir()))
 
 
 def resolve(source) -> Resolved:
