@@ -197,6 +197,8 @@ def test_sources_resolve_with_explicit_trust_remote_code_and_safetensors(tiny_mo
     assert hub.location == "HuggingFaceTB/SmolLM2-135M-Instruct" and not hub.is_gguf
     with pytest.raises(ModelLoadError, match="no such GGUF file"):
         resolve(ModelSource(tiny_model_dir, gguf_file="missing.gguf"))
+    with pytest.raises(ModelLoadError, match="no config.json, not a model directory; it holds tiny.gguf: give that"):
+        resolve(os.path.dirname(tiny_gguf[0]))
 
 
 # --------------------------------------------------------------------------- refusals through the CLI

@@ -113,7 +113,9 @@ def resolve(source) -> Resolved:
         raise ModelLoadError(f"{path}: a file, not a model directory or a .gguf file")
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ModelLoadError(f"{path}: no config.json (not a model directory; for a GGUF give the .gguf file)")
+            ggufs = sorted(p.name for p in local.glob("*.gguf"))
+            hint = f"; it holds {', '.join(ggufs)}: give that file" if ggufs else ""
+            raise ModelLoadError(f"{path}: no config.json, not a model directory{hint}")
         check_config_file(local / "config.json", src.trust_remote_code)
         if any(local.glob("*.safetensors")) or (local / "model.safetensors.index.json").is_file():
             kwargs["use_safetensors"] = True
