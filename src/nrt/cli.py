@@ -393,9 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [x for x in extra if x not in args.overrides]
     if unknown or (args.overrides and not getattr(args, "accepts_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
+    from nrt.model_loading import ModelLoadError
+
     try:
         args.func(args)
-    except UsageError as e:
+    except (UsageError, ModelLoadError) as e:  # a model loaded outside the --model helpers (gym probe, compare)
         print(f"nrt {args.command}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     return 0
