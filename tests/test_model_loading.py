@@ -20,7 +20,6 @@ from nrt.model_loading import ModelLoadError, ModelSource, check_model_fits, loa
 from nrt.tiny import char_tokenizer, save_tiny_model, tiny_llama
 from nrt.tokens import RESPONSE_START
 
-gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --------------------------------------------------------------------------- a tiny GGUF, written by hand
@@ -62,6 +61,8 @@ TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weigh
 
 def write_gguf(path, model, architecture: str = "llama") -> str:
     """The model's float32 tensors under llama.cpp's names, with the metadata transformers reads."""
+    import gguf
+
     c = model.config
     tokens, types, merges = byte_level_vocab()
     w = gguf.GGUFWriter(str(path), architecture)
@@ -104,6 +105,7 @@ def write_gguf(path, model, architecture: str = "llama") -> str:
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     """(path of the GGUF, the source model it was written from)."""
+    pytest.importorskip("gguf")  # the `gguf` extra (in `dev`); the other tests run without it
     source = source_llama(len(byte_level_vocab()[0]))
     return write_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", source), source
 
@@ -125,6 +127,13 @@ def test_gguf_loads_to_the_source_models_logits_and_tokenizer(tiny_gguf):
     assert model.hf_quantizer is None and not hasattr(model.config, "quantization_config")
     beside = load_model(ModelSource(os.path.dirname(path), gguf_file="tiny.gguf"))  # model.gguf_file=NAME
     assert torch.equal(logits(beside, ids), logits(source, ids))
+
+
+def test_a_gguf_without_the_gguf_package_says_how_to_install_it(tiny_gguf, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` now fails
+    with pytest.raises(ModelLoadError, match=r"tiny.gguf: cannot load the model \(reading GGUF needs the gguf "
+                                             r"package: pip install 'nrt\[gguf\]'"):
+        load_model(tiny_gguf[0])
 
 
 def test_training_from_a_gguf_saves_plain_safetensors_that_reload_without_gguf(tiny_gguf, sums_file, tmp_path,
