@@ -314,15 +314,18 @@ def test_remote_code_model_is_refused_without_a_prompt_and_without_running_its_c
 
 
 def test_too_small_vocabulary_or_position_limit_stop_train_before_anything_is_written(tmp_path, capsys, sums_file):
+    """Checked on the config before the weights load: the weight files here are garbage, and never read."""
     tokenizer = char_tokenizer()
     small_vocab = tmp_path / "small-vocab"
     tiny_llama(len(tokenizer) - 5, hidden=32, layers=1).save_pretrained(small_vocab)
     tokenizer.save_pretrained(small_vocab)
+    (small_vocab / "model.safetensors").write_bytes(b"not weights")
     out = tmp_path / "out"
     err = one_line_error(capsys, ["train", "--model", str(small_vocab), "--data", sums_file, "--output-dir", str(out)])
-    assert f"--model {small_vocab}: the model has {len(tokenizer) - 5} embedding rows" in err
+    assert f"--model {small_vocab}: the model has {len(tokenizer) - 5} embedding rows" in err  # config.vocab_size
     short = tmp_path / "short"
     save_tiny_model(str(short), hidden=32, layers=1)  # max_position_embeddings=1024
+    (short / "model.safetensors").write_bytes(b"not weights")
     err = one_line_error(capsys, ["train", "--model", str(short), "--data", sums_file, "--output-dir", str(out),
                                   "trainer.max_completion_length=1020"])  # "a+b=\n" 5 + 1020 + 1 + "15"+eos 3
     assert "max_position_embeddings=1024 is shorter than the longest prompt (5 tokens" in err

@@ -87,11 +87,14 @@ def load_tokenizer(source):
 
 
 def load_model(source, dtype=None, fits=None):
-    """The model of a model path or ModelSource, checked by check_model_fits(model, *fits) when given."""
-    from nrt.model_loading import ModelLoadError, check_model_fits
+    """The model of a model path or ModelSource, checked by check_model_fits(model, *fits) when given
+    (on its config first, so a model that does not fit is refused before its weights load)."""
+    from nrt.model_loading import ModelLoadError, check_model_fits, load_config
     from nrt.model_loading import load_model as load
 
     try:
+        if fits is not None:
+            check_model_fits(load_config(source), *fits)
         model = load(source, dtype=dtype)
         if fits is not None:
             check_model_fits(model, *fits)

@@ -194,6 +194,17 @@ def load_model(source, dtype=None):
     return model
 
 
+def load_config(source):
+    """The source's model config alone (a GGUF's metadata, no tensors read): for checks before the weights load."""
+    from transformers import AutoConfig
+
+    r = resolve(source)
+    try:
+        return AutoConfig.from_pretrained(r.location, **{k: v for k, v in r.kwargs.items() if k != "use_safetensors"})
+    except LOAD_ERRORS as e:
+        raise ModelLoadError(f"{r.name}: cannot load the model config ({describe(e, r)})") from None
+
+
 def check_config_file(path: Path, trust_remote_code: bool) -> None:
     """Refuse before transformers sees it: an unreadable config.json, or one that asks for its own code."""
     try:
@@ -241,6 +252,7 @@ def drop_gguf_quantizer(model) -> None:
 
 def check_model_fits(model, tokenizer, config, examples=None) -> None:
     """Refuse, before training, a model the run would crash on or run past its positions mid-way.
+    `model` is the loaded model (embedding rows counted) or, before loading, its config (vocab_size).
 
     Vocabulary: fewer embedding rows than the tokenizer has ids (`<|response_start|>` aside: the
     trainer adds its row). Positions: max_position_embeddings shorter than the longest sequence,
@@ -249,7 +261,11 @@ def check_model_fits(model, tokenizer, config, examples=None) -> None:
     `examples` (TokenizedExample: prompt_ids, answer_ids), the longest ones in the data (never
     longer than those options: longer records were refused or skipped)."""
     name = config.model.model_name_or_path
-    rows = model.get_input_embeddings().weight.shape[0]
+    if hasattr(model, "get_input_embeddings"):
+        rows, model_config = model.get_input_embeddings().weight.shape[0], model.config.get_text_config()
+    else:
+        model_config = model.get_text_config()
+        rows = model_config.vocab_size
     vocab = tokenizer.get_vocab()
     rs = vocab.get(RESPONSE_START)
     beyond = sorted(i for t, i in vocab.items() if i >= rows and i != rs)
@@ -259,7 +275,7 @@ def check_model_fits(model, tokenizer, config, examples=None) -> None:
             f"({len(beyond)} tokens without a row); model.model_name_or_path and its tokenizer do not match"
         )
     d, t = config.data, config.trainer
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    limit = getattr(model_config, "max_position_embeddings", None)
     if limit is None:
         return
     if examples:
