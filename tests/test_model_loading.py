@@ -270,6 +270,10 @@ def test_corrupt_or_missing_weight_files_are_one_line_naming_the_file(tiny_model
     (missing / "model.safetensors").unlink()
     err = one_line_error(capsys, generate(missing))
     assert f"--model {missing}: cannot load the model" in err and "model.safetensors" in err
+    broken = copy_model(tiny_model_dir, tmp_path, "broken-config")
+    (broken / "config.json").write_text('{"model_type": "llama",')
+    err = one_line_error(capsys, generate(broken))
+    assert f"--model {broken / 'config.json'}: not a readable JSON config" in err
 
 
 class RunsCode:

@@ -3,7 +3,7 @@
     source = ModelSource.from_config(config.model)       # or ModelSource("path/to/model.gguf")
     tokenizer = load_tokenizer(source)
     model = load_model(source, dtype=torch.bfloat16)
-    check_model_fits(model, tokenizer, config)            # before training starts
+    check_model_fits(model, tokenizer, config, examples)  # before training (also on load_config(source))
 
 What a source may be:
 - a model directory (config.json + weights): safetensors are preferred when present
