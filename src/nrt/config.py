@@ -33,6 +33,13 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = opt(
         "float32", "dtype of the weights; bfloat16 halves memory, float32 master weights are safer with bf16 autocast"
     )
+    gguf_file: str | None = opt(
+        None, "a GGUF file name inside the model directory (transformers' gguf_file); a .gguf path as "
+        "--model works too. Dequantised to float at load (needs the gguf extra)"
+    )
+    trust_remote_code: bool = opt(
+        False, "allow a model directory's own Python code (config auto_map); off, such a model is refused"
+    )
 
 
 @dataclass
@@ -261,7 +268,7 @@ RANGES = {
     "data.max_prompt_length": (1, None, True, True),
     "data.max_answer_length": (1, None, True, True),
     "trainer.seed": (0, 2**32 - 1, True, True),
-    "trainer.learning_rate": (0, None, False, True),
+    "trainer.learning_rate": (0, None, True, True),  # 0 allowed: a run that changes nothing (checks, evaluation)
     "trainer.adam_beta1": (0, 1, True, False),
     "trainer.adam_beta2": (0, 1, True, False),
     "trainer.adam_epsilon": (0, None, True, True),

@@ -178,7 +178,8 @@ def run_eval(args) -> None:
 
     from nrt.training.run_record import RunDirectoryError, check_writable
 
-    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{args.bbh or path.stem}.json"
+    model_dir = Path(args.model).parent if args.model.endswith(".gguf") else Path(args.model)
+    output = Path(args.output) if args.output else model_dir / "eval" / f"{args.bbh or path.stem}.json"
     try:  # before the work, so the results are never computed only to be lost
         if output.is_dir():
             raise RunDirectoryError(f"--output {output}: is a directory")
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or (args.overrides and not getattr(args, "accepts_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
     from nrt.commands.usage import exit_code
-    from nrt.errors import NRTError, RunEnded
+    from nrt.errors import ModelLoadError, NRTError, RunEnded
 
     try:
         args.func(args)
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_code(e)
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun, one process reports
             ended_well = isinstance(e, RunEnded) and code in (COLLAPSE_STOP, STOPPED_BY_SIGNAL)
-            print(str(e) if ended_well else f"nrt {args.command}: error: {e}", file=sys.stderr)
+            where = "--model " if isinstance(e, ModelLoadError) and not str(e).startswith("--") else ""
+            print(str(e) if ended_well else f"nrt {args.command}: error: {where}{e}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print(f"nrt {args.command}: interrupted", file=sys.stderr)

@@ -150,8 +150,8 @@ def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str,
                 results[s.name] = cached["summary"]
                 continue
         if model is None:
-            tokenizer = load_tokenizer(str(model_dir))
-            model = load_model(str(model_dir)).eval()
+            tokenizer = load_tokenizer(model_dir)
+            model = load_model(model_dir).eval()
             rs = ensure_response_start_token(model, tokenizer)
         records = load_qa_records(s.path, s.question_field, s.answer_field, messages_field=None)
         examples, _ = tokenize_records(records, tokenizer, "{question}\n", 10**6, 10**6)

@@ -184,10 +184,10 @@ def probe(model_dir: str, tasks=T.TASKS, splits=("validation",), limit: int = 20
           gain_questions: int = 32, bbh_dir: str | None = None) -> dict:
     """Probe a saved gym model on the named splits, and on the corpus-only pool for contrast
     (those questions were seen in pretraining); with `bbh_dir`, on the BBH files too."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from nrt.model_loading import load_model, load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=torch.float32).eval()
     corpus = gym_corpus_of(model_dir)
     report = {}
     for task in [t for t in tasks if t in corpus.items]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from nrt.config import Config, apply_overrides, load_yaml, set_option, validate
 from nrt.data import TokenizedExample, load_qa_records, tokenize_records
 from nrt.errors import CollapseStop, ConfigError, DataError, Diverged, StoppedBySignal, WriteFailed
-from nrt.model_loading import load_model, load_tokenizer
+from nrt.model_loading import ModelSource, check_model_fits, load_config, load_model, load_tokenizer
 from nrt.presets import preset_overrides
 from nrt.training.base import EvalSet, Trainer
 from nrt.training.run_record import check_output_dir, complete_checkpoints, resume_changes
@@ -97,7 +99,8 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
     out = Path(config.trainer.output_dir)
     check_output_dir(out, resume, config.model.model_name_or_path)  # read-only checks, before anything loads
     changes = resume_changes(out, config) if resume else {}
-    tokenizer = load_tokenizer(config.model.model_name_or_path)
+    source = ModelSource.from_config(config.model)
+    tokenizer = load_tokenizer(source)
     examples, _, skipped = load_examples(config, tokenizer)
     eval_set = None
     if config.data.eval_path:
@@ -105,7 +108,11 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
         eval_set = EvalSet(eval_examples, references)
     log(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
 
-    model = load_model(config.model.model_name_or_path, config.model.dtype)
+    # the vocabulary and position limits, from the model's config before its weights load, then on the model
+    checked = examples + (eval_set.examples if eval_set else [])
+    check_model_fits(load_config(source), tokenizer, config, checked)
+    model = load_model(source, dtype=getattr(torch, config.model.dtype))
+    check_model_fits(model, tokenizer, config, checked)
     trainer = make_trainer(config, model, tokenizer, examples, eval_set)
     if changes:
         log("resume applies: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
