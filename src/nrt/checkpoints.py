@@ -7,6 +7,8 @@
         training_state/         optimizer, scheduler and RNG states (accelerate.save_state)
       best/                     the model with the best validation accuracy (when data.eval_path is set)
       model.safetensors, ...    the final model, loadable with from_pretrained
+                                (a LoRA run: adapter_config.json + adapter_model.safetensors, peft's
+                                format; `nrt export --merge` makes a plain model of it)
 
 A checkpoint is written to `checkpoint-N.tmp` and renamed when complete, so an interrupted
 save never leaves a checkpoint that looks valid.
@@ -20,6 +22,8 @@ import shutil
 from pathlib import Path
 
 import yaml
+
+from nrt.peft_model import is_peft_model, save_adapter
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -99,7 +103,11 @@ class RunDirectory:
         if not self.is_main:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        self.accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if is_peft_model(unwrapped):  # LoRA: adapter_config.json + adapter_model.safetensors
+            save_adapter(unwrapped, directory, state_dict)
+        else:
+            unwrapped.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(directory)
         (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if step is not None:

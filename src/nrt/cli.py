@@ -130,7 +130,12 @@ def run_train(args) -> None:
 
     dtype = getattr(torch, config.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
-    trainer = NRTTrainer(config, model, tokenizer, examples, eval_set=eval_set)
+    from nrt.peft_model import AdapterError
+
+    try:
+        trainer = NRTTrainer(config, model, tokenizer, examples, eval_set=eval_set)
+    except AdapterError as e:  # e.g. a LoRA target module the model does not have
+        fail(str(e))
     trainer.train(resume=args.resume)
     if trainer.stopped_by_collapse:
         if is_main:
@@ -348,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from nrt.bench import add_bench
     from nrt.demo import add_demo
+    from nrt.export import add_export
     from nrt.gym.cli import register as add_gym
 
     add_train(sub)
@@ -357,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gym(sub)
     add_demo(sub)
     add_bench(sub)
+    add_export(sub)
     return parser
 
 

@@ -37,7 +37,9 @@ from nrt.checkpoints import RunDirectory
 from nrt.collapse import CollapseDetector
 from nrt.config import Config
 from nrt.data import TokenizedExample
+from nrt.gradient_checkpointing import enable as enable_gradient_checkpointing
 from nrt.metrics import MetricsLogger
+from nrt.peft_model import AdaptersDisabled, wrap_lora
 from nrt.loss import LossInputs, nrt_loss
 from nrt.rewards import aggregate
 from nrt.rollouts import Rollout, build_rollout, no_trace_batch
@@ -127,6 +129,8 @@ class NRTTrainer:
         self.accelerator = accelerator or make_accelerator(t.bf16)
         set_seed(t.seed)
         self.response_start_id = ensure_response_start_token(model, tokenizer)
+        if config.model.use_peft:  # LoRA: the adapters and the response-start rows train, nothing else
+            model = wrap_lora(model, config.model, [self.response_start_id])
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.k = t.num_generations
@@ -144,14 +148,16 @@ class NRTTrainer:
         updates = self.total_steps * t.steps_per_generation
 
         self.ref_model = None
-        if t.beta > 0:
+        if t.beta > 0 and not config.model.use_peft:  # with LoRA the reference is the model, adapters off
             import copy
 
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
         if t.torch_compile:  # after the copy: the reference model stays eager
             compile_decoder_layers(model)
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
@@ -161,6 +167,8 @@ class NRTTrainer:
             num_warmup_steps=math.ceil(t.warmup_ratio * updates), num_training_steps=updates,
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if t.beta > 0 and config.model.use_peft:
+            self.ref_model = AdaptersDisabled(self.model)
         self.run_dir = RunDirectory(t.output_dir, self.accelerator)
         self.step = 0
         self.stopped_by_collapse: str | None = None
