@@ -16,7 +16,7 @@ has a switch (off = the plain computation, for the equivalence tests):
   (`nrt.token_logprobs`);
 - `fuse_head`: the output layer runs chunk by chunk inside that pass (no [N, V] logits);
 - `share_prompts`: the K rows of a group run their common prompt once (a KV cache with its
-  gradient path, repeated to the rows);
+  gradient path, repeated to the rows); not with gradients through checkpointed layers;
 - `attention_in_float32`: float32 attention on the CPU (`nrt.cpu_attention`).
 """
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from nrt.cpu_attention import float32_attention
+from nrt.gradient_checkpointing import drops_cache
 from nrt.token_logprobs import head_token_logprobs, lm_head_rows, unwrap
 
 
@@ -69,7 +70,9 @@ def completion_logprobs(model, batch: PackedBatch, with_entropy: bool = False, *
     with float32_attention(model, enabled=attention_in_float32):
         if not fused:
             return _completion_logprobs_reference(model, batch, with_entropy)
-        groups = prompt_groups(batch) if share_prompts and full_attention_only(model) else None
+        # checkpointed layers ignore a KV cache (nrt.gradient_checkpointing): then every row runs its prompt
+        shared = share_prompts and full_attention_only(model) and not drops_cache(model)
+        groups = prompt_groups(batch) if shared else None
         with lm_head_rows(model, enabled=fuse_head) as head:
             if groups is not None:
                 return _shared_prompt_logprobs(model, batch, groups, head, with_entropy)
