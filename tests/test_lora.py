@@ -323,3 +323,15 @@ def test_lora_resume_reproduces_the_uninterrupted_run(model_dirs, sums_file, tmp
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
     assert max(t.abs().max().item() for n, t in a.items() if "lora_B" in n) > 1e-4  # it trained
+
+
+def test_generate_and_eval_point_a_lora_run_to_export(tmp_path, capsys):
+    from nrt.cli import main
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert main(["generate", "--model", str(tmp_path), "--question", "1+1="]) == 2
+    assert "merge it first: nrt export" in capsys.readouterr().err
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "1+1=", "answer": "2"}\n')
+    assert main(["eval", "--model", str(tmp_path), "--data", str(data)]) == 2
+    assert "merge it first: nrt export" in capsys.readouterr().err

@@ -87,6 +87,14 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def refuse_adapter_dir(path: str) -> None:
+    from nrt.peft_model import is_adapter_dir
+
+    if is_adapter_dir(path):
+        fail(f"--model {path}: holds a LoRA adapter, not a model; merge it first: "
+             f"nrt export --model {path} --merge --output-dir DIR, then use DIR")
+
+
 def load_examples(config, tokenizer, path=None):
     """Read and validate a whole dataset (before the model is loaded): (examples, references, skipped)."""
     from nrt.data import DataError, load_qa_records, tokenize_records
@@ -174,6 +182,7 @@ def run_generate(args) -> None:
             fail(f"--questions {path}: not valid UTF-8")
     else:
         questions = [args.question]
+    refuse_adapter_dir(args.model)
     tokenizer = load_tokenizer(args.model)
     from transformers import AutoModelForCausalLM
 
@@ -252,6 +261,7 @@ def run_eval(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
+    refuse_adapter_dir(args.model)
     tokenizer = load_tokenizer(args.model)
     try:
         records = load_qa_records(path, *fields, messages_field=None)[: args.limit]
