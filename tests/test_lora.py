@@ -309,6 +309,9 @@ def test_lora_resume_reproduces_the_uninterrupted_run(model_dirs, sums_file, tmp
     crashing.train_step = step_then_crash
     with pytest.raises(KeyboardInterrupt):
         crashing.train()
+    state = load_file(tmp_path / "b" / "out" / "checkpoint-2" / "training_state" / "model.safetensors")
+    trainable = {n for n, p in crashing.model.named_parameters() if p.requires_grad}
+    assert set(state) == trainable  # the adapter and token rows, not the frozen base model
     resumed = make_trainer(model_dirs["mistral"], sums_file, tmp_path / "b", **options)
     resumed.train(resume=True)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from nrt.peft_model import is_peft_model, save_adapter
+from nrt.peft_model import is_peft_model, keeps_whole_state, register_trainable_only_state, save_adapter
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -37,6 +37,10 @@ class RunDirectory:
         self.path = Path(output_dir)
         self.accelerator = accelerator
         self.metrics_path = self.path / "metrics.jsonl"
+        self._hooked = False  # a LoRA run's training state holds only the trainable weights
+
+    def _trainable_only(self, model) -> bool:
+        return is_peft_model(model) and keeps_whole_state(self.accelerator)
 
     @property
     def is_main(self) -> bool:
@@ -64,6 +68,9 @@ class RunDirectory:
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
+        if self._trainable_only(model) and not self._hooked:
+            register_trainable_only_state(self.accelerator, model)
+            self._hooked = True
         self.accelerator.save_state(str(tmp / "training_state"))
         self._save_model(tmp, model, tokenizer, config, step)
         self.accelerator.wait_for_everyone()
@@ -136,7 +143,10 @@ class RunDirectory:
         if not found:
             raise ResumeError(f"{self.path}: no checkpoint-N directory to resume from")
         step, path = found[-1]
-        self.accelerator.load_state(str(path / "training_state"))
+        if self._trainable_only(model):  # the frozen base weights are not in the checkpoint
+            self.accelerator.load_state(str(path / "training_state"), strict=False)
+        else:
+            self.accelerator.load_state(str(path / "training_state"))
         if self.is_main and self.metrics_path.exists():
             kept = [line for line in self.metrics_path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= step]

@@ -156,3 +156,26 @@ def merge_adapter(adapter_dir: str | Path, tokenizer, base_model: str | None = N
     ensure_response_start_token(model, tokenizer)
     model = peft.PeftModel.from_pretrained(model, str(adapter_dir))
     return model.merge_and_unload()
+
+
+def keeps_whole_state(accelerator) -> bool:
+    """True where accelerate's save_state writes the model's state dict itself (no FSDP / DeepSpeed /
+    Megatron sharded checkpoint), so that `register_trainable_only_state` applies."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                DistributedType.MEGATRON_LM)
+
+
+def register_trainable_only_state(accelerator, model) -> None:
+    """Make accelerator.save_state keep only the trainable entries of `model`'s state dict (a LoRA
+    run's adapter and token rows, not a copy of the frozen base model in every checkpoint); resuming
+    then loads with strict=False (the frozen weights come from the base model as loaded)."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def keep_trainable(models, weights, output_dir):
+        for i, m in enumerate(models):
+            if m is model:
+                weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
