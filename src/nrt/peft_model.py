@@ -171,11 +171,12 @@ def register_trainable_only_state(accelerator, model) -> None:
     """Make accelerator.save_state keep only the trainable entries of `model`'s state dict (a LoRA
     run's adapter and token rows, not a copy of the frozen base model in every checkpoint); resuming
     then loads with strict=False (the frozen weights come from the base model as loaded)."""
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    inner = unwrap_all(model)
+    trainable = {name for name, p in inner.named_parameters() if p.requires_grad}
 
     def keep_trainable(models, weights, output_dir):
-        for i, m in enumerate(models):
-            if m is model:
-                weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
+        for i, m in enumerate(models):  # accelerate may hold the wrapped or the unwrapped model
+            if unwrap_all(m) is inner:
+                weights[i] = {k: v for k, v in weights[i].items() if k.removeprefix("module.") in trainable}
 
     accelerator.register_save_state_pre_hook(keep_trainable)
