@@ -7,6 +7,7 @@ import torch
 from nrt.gradient_checkpointing import drops_cache
 from nrt.sequences import completion_logprobs
 
+from test_lora import ARCHS, model_dirs  # noqa: F401 (tiny Llama, Mistral, Qwen2)
 from test_trainer import grads_of, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,11 +29,12 @@ def loss_grads_and_layer_calls(trainer, rollout, chunk):
     return out.loss.detach(), grads_of(trainer.model), (forward, len(calls) - forward)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir, sums_file, tmp_path, lora):
+def test_checkpointing_gives_the_same_loss_and_gradients(model_dirs, sums_file, tmp_path, lora, arch):
     options = dict(model__use_peft=True, model__lora_r=4, model__lora_alpha=8) if lora else {}
-    plain = make_trainer(tiny_model_dir, sums_file, tmp_path / "a", **options)
-    checkpointed = make_trainer(tiny_model_dir, sums_file, tmp_path / "b", trainer__gradient_checkpointing=True,
+    plain = make_trainer(model_dirs[arch], sums_file, tmp_path / "a", **options)
+    checkpointed = make_trainer(model_dirs[arch], sums_file, tmp_path / "b", trainer__gradient_checkpointing=True,
                                 **options)
     if lora:  # B = 0 at init: give A a gradient
         for trainer in (plain, checkpointed):
