@@ -74,3 +74,14 @@ def test_shared_prompt_cache_steps_aside_only_for_checkpointed_gradient_passes(t
     # eval mode stays: dropout modules inside the checkpointed layers are off
     assert not any(m.training for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout))
     assert not trainer.model.training
+
+
+def test_a_model_without_checkpointing_support_is_a_config_error():
+    from nrt.config import ConfigError
+    from nrt.gradient_checkpointing import enable
+
+    class Plain(torch.nn.Module):
+        supports_gradient_checkpointing = False
+
+    with pytest.raises(ConfigError, match="trainer.gradient_checkpointing: Plain does not support it"):
+        enable(Plain())

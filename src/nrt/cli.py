@@ -138,11 +138,12 @@ def run_train(args) -> None:
 
     dtype = getattr(torch, config.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(config.model.model_name_or_path, dtype=dtype)
+    from nrt.config import ConfigError
     from nrt.peft_model import AdapterError
 
     try:
         trainer = NRTTrainer(config, model, tokenizer, examples, eval_set=eval_set)
-    except AdapterError as e:  # e.g. a LoRA target module the model does not have
+    except (AdapterError, ConfigError) as e:  # options the model cannot take (a LoRA target, checkpointing)
         fail(str(e))
     trainer.train(resume=args.resume)
     if trainer.stopped_by_collapse:

@@ -15,6 +15,8 @@ the no-trace baseline) are not checkpointed and keep the cache.
 
 from __future__ import annotations
 
+from nrt.config import ConfigError
+
 
 def _transformers_model(model):
     while hasattr(model, "module"):  # DDP / accelerate wrappers
@@ -35,7 +37,7 @@ def enable(model) -> int:
     """Checkpoint every decoder layer of `model` in its backward; returns how many layers."""
     inner = _transformers_model(model)
     if not getattr(inner, "supports_gradient_checkpointing", False):
-        raise ValueError(f"trainer.gradient_checkpointing: {type(inner).__name__} does not support it")
+        raise ConfigError(f"trainer.gradient_checkpointing: {type(inner).__name__} does not support it")
     kwargs = {"use_reentrant": False}
     if hasattr(inner, "activation_checkpointing_enable"):  # the name since transformers 5.x
         inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -43,7 +45,7 @@ def enable(model) -> int:
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     layers = checkpointed_layers(inner)
     if not layers:
-        raise ValueError(f"trainer.gradient_checkpointing: no checkpointable decoder layers in {type(inner).__name__}")
+        raise ConfigError(f"trainer.gradient_checkpointing: no checkpointable decoder layers in {type(inner).__name__}")
     for layer in layers:
         layer.training = True  # this module only (not .train(): its submodules keep eval mode)
     return len(layers)
