@@ -40,6 +40,18 @@ class ModelConfig:
     trust_remote_code: bool = opt(
         False, "allow a model directory's own Python code (config auto_map); off, such a model is refused"
     )
+    use_peft: bool = opt(False, "train LoRA adapters (peft) instead of all weights; the <|response_start|> rows of "
+                         "the input and output embeddings train too (TRL's name; needs the `lora` extra)")
+    lora_r: int = opt(16, "LoRA rank (TRL default 16): more capacity, more adapter memory")
+    lora_alpha: int = opt(32, "LoRA scaling numerator: the update is B@A * lora_alpha / lora_r (TRL default 32)")
+    lora_dropout: float = opt(
+        0.0, "dropout on the LoRA input; only 0 is supported: the trainer runs the policy without dropout, since "
+        "rewards are read off the update's own forward pass (TRL default 0.05)"
+    )
+    lora_target_modules: str = opt(
+        "all-linear", "modules that get adapters: 'all-linear' (every linear layer of the decoder, not the output "
+        "layer) or comma-separated names such as q_proj,v_proj (a YAML list works too)"
+    )
 
 
 @dataclass
@@ -84,7 +96,13 @@ class TrainerConfig:
     max_completion_length: int = opt(256, "trace token limit (CPU default; recipe 2048)")
     epsilon_low: float = opt(0.2, "CISPO clip: ratio floor 1 - epsilon_low")
     epsilon_high: float = opt(0.28, "CISPO clip: ratio ceiling 1 + epsilon_high")
-    beta: float = opt(0.0, "KL coefficient against the initial model (recipe 0: no reference model is loaded)")
+    beta: float = opt(0.0, "KL coefficient against the initial model (recipe 0: no reference model is loaded; "
+                      "with model.use_peft the reference is the same model with its adapters disabled, no copy)")
+    gradient_checkpointing: bool = opt(
+        False, "recompute each decoder layer's activations in the backward (transformers', non-reentrant): far less "
+        "memory for ~1.3x the update's compute; the update forward then runs each trace's prompt itself instead of "
+        "sharing the prompt's KV cache across the K traces (recipe: on)"
+    )
     bf16: bool = opt(False, "bfloat16 autocast (faster on CPUs with bf16 matmuls and on GPUs)")
     torch_compile: bool = opt(
         False, "torch.compile the decoder layers (training forward/backward) and, on the CPU for Llama/Mistral/Qwen "
@@ -179,7 +197,9 @@ def _coerce(name: str, tp, value):
             return int(value)
         if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
             return float(value)
-        if tp is str and value is not None:
+        if tp is str and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # a YAML list of names
+        if tp is str and value is not None and not isinstance(value, (list, dict)):
             return str(value)
     except (TypeError, ValueError):
         pass
@@ -259,6 +279,19 @@ def validate(config: Config) -> None:
             f"trainer.num_generations={t.num_generations} (a group of K traces is never split)"
         )
     validate_ranges(config)
+    mc = config.model
+    if mc.use_peft:
+        import importlib.util
+
+        if importlib.util.find_spec("peft") is None:
+            raise ConfigError("model.use_peft needs the peft package: pip install 'nrt[lora]'")
+        if mc.lora_r < 1 or mc.lora_alpha <= 0:
+            raise ConfigError("model.lora_r must be at least 1 and model.lora_alpha positive")
+        if mc.lora_dropout != 0:
+            raise ConfigError(f"model.lora_dropout={mc.lora_dropout}: only 0 is supported (the trainer runs the policy "
+                              "without dropout: rewards are read off the update's own forward pass)")
+        if not [m for m in mc.lora_target_modules.split(",") if m.strip()]:
+            raise ConfigError("model.lora_target_modules is empty; use 'all-linear' or module names like q_proj,v_proj")
     if t.max_steps == 0 or t.max_steps < -1 or (t.max_steps == -1 and t.num_train_epochs <= 0):
         raise ConfigError("trainer.max_steps must be positive, or -1 with trainer.num_train_epochs > 0")
 

@@ -60,6 +60,15 @@ def build_config(args):
                           output_dir=args.output_dir)
 
 
+def refuse_adapter_dir(path: str) -> None:
+    """A LoRA run's folder holds an adapter, not a model: say how to merge it."""
+    from nrt.training.peft_model import is_adapter_dir
+
+    if is_adapter_dir(path):
+        fail(f"--model {path}: holds a LoRA adapter, not a model; merge it first: "
+             f"nrt export --model {path} --merge --output-dir DIR, then use DIR")
+
+
 def run_train(args) -> None:
     from nrt.training.api import train
 
@@ -102,6 +111,7 @@ def run_generate(args) -> None:
             fail(f"--questions {path}: no questions in it (one per line)")
     else:
         questions = [args.question]
+    refuse_adapter_dir(args.model)
     from nrt.data import encode_prompts
     from nrt.engine.generation import think_then_answer
     from nrt.model_loading import load_model, load_tokenizer
@@ -174,6 +184,7 @@ def run_eval(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
+    refuse_adapter_dir(args.model)
     from jinja2 import TemplateError
 
     from nrt.training.run_record import RunDirectoryError, check_writable
@@ -300,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     from nrt.commands.bench import add_bench
     from nrt.commands.data import register as add_data
     from nrt.commands.demo import add_demo
+    from nrt.commands.export import add_export
     from nrt.commands.gym import register as add_gym
 
     add_train(sub)
@@ -310,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(sub)
     add_demo(sub)
     add_bench(sub)
+    add_export(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ equivalence tests):
   (`nrt.engine.token_logprobs`);
 - `fuse_head`: the output layer runs chunk by chunk inside that pass (no [N, V] logits);
 - `share_prompts`: the K rows of a group run their common prompt once (a KV cache with its
-  gradient path, repeated to the rows);
+  gradient path, repeated to the rows); not with gradients through checkpointed layers;
 - `attention_in_float32`: float32 attention on the CPU (`nrt.engine.cpu_attention`).
 """
 
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from nrt.engine.cpu_attention import float32_attention
+from nrt.engine.gradient_checkpointing import drops_cache
 from nrt.engine.options import EngineOptions
 from nrt.engine.token_logprobs import head_token_logprobs, lm_head_rows, unwrap
 
@@ -71,7 +72,9 @@ def completion_logprobs(model, batch: PackedBatch, with_entropy: bool = False,
     with float32_attention(model, enabled=engine.attention_in_float32):
         if not engine.fused_logprobs:
             return _completion_logprobs_reference(model, batch, with_entropy)
-        groups = prompt_groups(batch) if engine.share_prompts and full_attention_only(model) else None
+        # checkpointed layers ignore a KV cache (nrt.engine.gradient_checkpointing): then every row runs its prompt
+        shared = engine.share_prompts and full_attention_only(model) and not drops_cache(model)
+        groups = prompt_groups(batch) if shared else None
         with lm_head_rows(model, enabled=engine.fuse_head) as head:
             if groups is not None:
                 return _shared_prompt_logprobs(model, batch, groups, head, with_entropy)

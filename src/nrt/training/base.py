@@ -22,12 +22,14 @@ from transformers import get_scheduler
 
 from nrt.config import Config
 from nrt.data import TokenizedExample
+from nrt.engine.gradient_checkpointing import enable as enable_gradient_checkpointing
 from nrt.engine.options import EngineOptions
 from nrt.tokens import ensure_response_start_token, pad_token_id
 from nrt.training.checkpoints import RunDirectory
 from nrt.training.collapse import CollapseDetector
 from nrt.training.guards import WATCHED, DivergenceGuard, NonFiniteError, StopSignal, check_weights, nonfinite_names
 from nrt.training.metrics import MetricsLogger
+from nrt.training.peft_model import wrap_lora
 
 
 @dataclass
@@ -99,6 +101,8 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(t.bf16)
         set_seed(t.seed)
         self.response_start_id = ensure_response_start_token(model, tokenizer)
+        if config.model.use_peft:  # LoRA: the adapters and the response-start rows train, nothing else
+            model = wrap_lora(model, config.model, [self.response_start_id])
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = pad_token_id(tokenizer)
 
@@ -115,8 +119,10 @@ class Trainer:
         self.before_optimizer(model)
         if t.torch_compile:  # after before_optimizer: a reference copy stays eager
             compile_decoder_layers(model)
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
@@ -126,6 +132,7 @@ class Trainer:
             num_warmup_steps=math.ceil(t.warmup_ratio * updates), num_training_steps=updates,
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.after_prepare()
         self.run_dir = RunDirectory(t.output_dir, self.accelerator)
         self.step = 0
         self.stopped_by_collapse: str | None = None
@@ -139,6 +146,9 @@ class Trainer:
 
     def before_optimizer(self, model) -> None:
         """Called with the plain model before compiling, the optimizer and accelerate's wrapping."""
+
+    def after_prepare(self) -> None:
+        """Called once self.model is accelerate's (wrapped) model."""
 
     def register_state(self, stateful: list) -> None:
         """Objects with state_dict/load_state_dict saved in every checkpoint, in this order."""

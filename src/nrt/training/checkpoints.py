@@ -7,6 +7,8 @@
         training_state/         optimizer, scheduler and RNG states (accelerate.save_state)
       best/                     the model with the best validation accuracy (when data.eval_path is set)
       model.safetensors, ...    the final model, loadable with from_pretrained
+                                (a LoRA run: adapter_config.json + adapter_model.safetensors, peft's
+                                format; `nrt export --merge` makes a plain model of it)
 
 A checkpoint is written to `checkpoint-N.tmp` and renamed when complete, so an interrupted
 save never leaves a checkpoint that looks valid; the final model's files are written aside
@@ -27,6 +29,7 @@ import yaml
 from nrt.training.guards import check_weights
 from nrt.training.run_record import (RunDirectoryError, RunLock, atomic_write_text, check_output_dir,
                             record_resume, resume_changes, write_record)
+from nrt.training.peft_model import is_peft_model, keeps_whole_state, register_trainable_only_state, save_adapter
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -56,6 +59,10 @@ class RunDirectory:
         self.path = Path(output_dir)
         self.accelerator = accelerator
         self.metrics_path = self.path / "metrics.jsonl"
+        self._hooked = False  # a LoRA run's training state holds only the trainable weights
+
+    def _trainable_only(self, model) -> bool:
+        return is_peft_model(model) and keeps_whole_state(self.accelerator)
 
     @property
     def is_main(self) -> bool:
@@ -105,6 +112,9 @@ class RunDirectory:
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
+        if self._trainable_only(model) and not self._hooked:
+            register_trainable_only_state(self.accelerator, model)
+            self._hooked = True
         with writing(tmp.name):
             self.accelerator.save_state(str(tmp / "training_state"))
             self._save_model(tmp, model, tokenizer, config, step)
@@ -170,7 +180,11 @@ class RunDirectory:
         if not self.is_main:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        self.accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if is_peft_model(unwrapped):  # LoRA: adapter_config.json + adapter_model.safetensors
+            save_adapter(unwrapped, directory, state_dict)
+        else:
+            unwrapped.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(directory)
         (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if step is not None:
@@ -199,7 +213,10 @@ class RunDirectory:
         if not found:
             raise ResumeError(f"{self.path}: no checkpoint-N directory to resume from")
         step, path = found[-1]
-        self.accelerator.load_state(str(path / "training_state"))
+        if self._trainable_only(model):  # the frozen base weights are not in the checkpoint
+            self.accelerator.load_state(str(path / "training_state"), strict=False)
+        else:
+            self.accelerator.load_state(str(path / "training_state"))
         if self.is_main and self.metrics_path.exists():
             kept = [line for line in metrics_lines(self.metrics_path) if json.loads(line)["step"] <= step]
             atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))

@@ -34,6 +34,7 @@ from nrt.rewards import aggregate
 from nrt.scoring import score_traces
 from nrt.shaping import EmaStdFilter
 from nrt.training.base import EvalSet, Question, Trainer  # noqa: F401  (EvalSet: part of this module's API)
+from nrt.training.peft_model import AdaptersDisabled
 from nrt.training.stats import TraceStats
 
 LOSS_TERMS = ("loss", "trace_loss", "prefix_loss", "answer_loss", "kl", "clip_fraction")
@@ -61,10 +62,15 @@ class NRTTrainer(Trainer):
         self.register_state([self.std_filter, self.collapse, self.best, self.divergence])
 
     def before_optimizer(self, model) -> None:
-        """With a KL term (trainer.beta > 0), a frozen copy of the initial model is the reference."""
+        """With a KL term (trainer.beta > 0), a frozen copy of the initial model is the reference;
+        with LoRA it is the policy itself with its adapters disabled (after_prepare), no copy."""
         self.ref_model = None
-        if self.config.trainer.beta > 0:
+        if self.config.trainer.beta > 0 and not self.config.model.use_peft:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
+
+    def after_prepare(self) -> None:
+        if self.config.trainer.beta > 0 and self.config.model.use_peft:
+            self.ref_model = AdaptersDisabled(self.model)
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict:
