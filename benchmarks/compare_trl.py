@@ -43,7 +43,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     env = dict(os.environ)
     common = [*args.workload, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    nrt_cmd = [sys.executable, "-m", "nrt.commands.bench", "--fixed-length", *common, *(["--compile"] * args.nrt_compile)]
+    nrt_cmd = [sys.executable, "-m", "nrt.commands.bench", "--fixed-length", *common,
+               *(["--compile"] * args.nrt_compile)]
     trl_cmd = [sys.executable, str(ROOT / "benchmarks" / "trl_grpo.py"), *common]
     rounds = []
     for r in range(args.rounds):

@@ -36,7 +36,8 @@ def main(argv=None):
         chunk = trainer.micro_batches(trainer.step)[0]
         rollout = trainer.sample(chunk)
         baseline = trainer.no_trace_logprobs(chunk)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
+        cpu = [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=cpu, record_shapes=args.shapes) as prof:
             out, _ = trainer.micro_batch_loss(rollout, chunk, baseline, None)
             trainer.accelerator.backward(out.loss)
             trainer.optimizer.step()

@@ -158,7 +158,8 @@ def provenance(pins: Pins, licence: str, gguf: Path, info: dict) -> str:
   numbers from this model appear.
 - {info['architecture']}, {info['parameters']:,} parameters: hidden {info['hidden_size']}, {info['layers']} layers,
   {info['heads']} heads / {info['kv_heads']} key-value heads, vocabulary {info['vocab']:,},
-  max_position_embeddings {info['max_position_embeddings']}, eos `{info['eos']}`, chat template: {info['chat_template']}.
+  max_position_embeddings {info['max_position_embeddings']}, eos `{info['eos']}`,
+  chat template: {info['chat_template']}.
 - Load time on the machine that converted it: GGUF {info['load_s_gguf']} s, `hf/` {info['load_s_hf']} s
   (model and tokenizer, float32; the converted logits equal the GGUF's).
 

@@ -91,7 +91,8 @@ class Architecture:
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each projection of one decoder layer."""
-        h, q, kv, i = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
@@ -122,7 +123,8 @@ def lora_targets(spec: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     unknown = [n for n in names if n not in LORA_ALL_LINEAR]
     if unknown or not names:
-        raise ValueError(f"model.lora_target_modules: unknown module(s) {unknown} (known: {', '.join(LORA_ALL_LINEAR)})")
+        raise ValueError(f"model.lora_target_modules: unknown module(s) {unknown} "
+                         f"(known: {', '.join(LORA_ALL_LINEAR)})")
     return names
 
 
@@ -278,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, help="processes (default: --num_processes of the launch line, else 1)")
     parser.add_argument("--prompt-tokens", type=int, help="prompt length (default data.max_prompt_length)")
     parser.add_argument("--trace-tokens", type=int, help="trace length (default trainer.max_completion_length)")
-    parser.add_argument("--answer-tokens", type=int, help="answer length, eos included (default data.max_answer_length)")
+    parser.add_argument("--answer-tokens", type=int,
+                        help="answer length, eos included (default data.max_answer_length)")
     parser.add_argument("--markdown", action="store_true", help="markdown tables (recipes/README.md)")
     args = parser.parse_args(argv)
     blocks = []

@@ -178,7 +178,8 @@ def answers(results: dict[str, dict]) -> str:
         collapses = {m: sum(r["collapse_step"] is not None for r in summary["runs"] if r["method"] == m)
                      for m in METHODS if m != "sft"}
         text = f"- {name}: on mean test accuracy `nrt` "
-        text += (f"beats {', '.join(f'`{m}`' for m in better)}" if better else "beats none of `sft`, `jlb`, `verifree`, `rlpr`")
+        beaten = ", ".join(f"`{m}`" for m in better)
+        text += f"beats {beaten}" if better else "beats none of `sft`, `jlb`, `verifree`, `rlpr`"
         text += (f"; it does not beat {', '.join(f'`{m}`' for m in worse)}" if better and worse else "") + ". "
         collapsed = [f"`{m}` {c}/{len(summary['runs']) // len(METHODS)}" for m, c in collapses.items() if c]
         text += ("Runs that collapsed: " + ", ".join(collapsed) + "." if collapsed else "No run collapsed.")
@@ -186,10 +187,10 @@ def answers(results: dict[str, dict]) -> str:
     healthy = results.get("healthy")
     beat_nrt = healthy and {m for m in METHODS if mean(accuracy(healthy, m)) > mean(accuracy(healthy, "nrt"))}
     if beat_nrt == {"verifree", "rlpr"}:
-        out.append("\nIn the healthy setting, the two methods that beat `nrt` are the two whose answer term does not train the "
-                   "reference answer after every trace: VeriFree weights it by the trace's reward, RLPR has "
-                   "none. GYM_NOTES section 4 saw NRT with the answer term off beat NRT with it on, on an earlier "
-                   "version of this world. Every preset above ran as specified; the next section measures "
+        out.append("\nIn the healthy setting, the two methods that beat `nrt` are the two whose answer term does "
+                   "not train the reference answer after every trace: VeriFree weights it by the trace's reward, "
+                   "RLPR has none. GYM_NOTES section 4 saw NRT with the answer term off beat NRT with it on, on an "
+                   "earlier version of this world. Every preset above ran as specified; the next section measures "
                    "`nrt` with the other answer-term variants.")
     return "\n".join(out) + "\n"
 

@@ -11,7 +11,8 @@ SRC = Path(nrt.__file__).parent
 
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = [
-    ("foundation", ["nrt.errors", "nrt.config", "nrt.tokens", "nrt.data", "nrt.data_prep", "nrt.model_loading", "nrt.tiny",
+    ("foundation", ["nrt.errors", "nrt.config", "nrt.tokens", "nrt.data", "nrt.data_prep", "nrt.model_loading",
+                    "nrt.tiny",
                     "nrt.rewards", "nrt.advantages", "nrt.shaping", "nrt.scoring", "nrt.loss", "nrt.presets"]),
     ("engine", ["nrt.engine"]),
     ("evaluation", ["nrt.evaluation"]),

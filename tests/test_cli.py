@@ -100,9 +100,11 @@ def test_bad_option_exits_2_with_a_suggestion(argv, expected, tiny_model_dir, su
 
 def test_missing_data_file_and_missing_model_exit_2(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["train", "--model", tiny_model_dir, "--data", str(tmp_path / "nope.jsonl"), "--output-dir", str(out)]) == 2
+    assert main(["train", "--model", tiny_model_dir, "--data", str(tmp_path / "nope.jsonl"),
+                 "--output-dir", str(out)]) == 2
     assert "nope.jsonl: no such file" in capsys.readouterr().err
-    assert main(["train", "--model", str(tmp_path / "nomodel"), "--data", str(tmp_path / "x.jsonl"), "--output-dir", str(out)]) == 2
+    assert main(["train", "--model", str(tmp_path / "nomodel"), "--data", str(tmp_path / "x.jsonl"),
+                 "--output-dir", str(out)]) == 2
     assert "nomodel" in capsys.readouterr().err
     assert not out.exists()
 
@@ -130,9 +132,11 @@ def test_skip_overlong_counts_and_trains_on_the_rest(tiny_model_dir, tmp_path, c
 
 def test_existing_run_needs_resume(tiny_model_dir, sums_file, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out), "trainer.max_steps=1", *SHORT_RUN]) == 0
+    assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
+                 "trainer.max_steps=1", *SHORT_RUN]) == 0
     before = (out / "metrics.jsonl").read_text()
-    assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out), "trainer.max_steps=1", *SHORT_RUN]) == 2
+    assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
+                 "trainer.max_steps=1", *SHORT_RUN]) == 2
     assert "--resume" in capsys.readouterr().err
     assert (out / "metrics.jsonl").read_text() == before
 

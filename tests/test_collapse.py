@@ -1,6 +1,5 @@
 """Collapse detection: the documented rule, and `on_collapse: stop` keeping the last healthy checkpoint."""
 
-import pytest
 
 from nrt.training.collapse import CollapseDetector
 from test_trainer import make_trainer

@@ -150,7 +150,8 @@ def test_tulu3_fewer_rows_split_in_proportion_and_say_so(tmp_path, capsys):
                              "--train-size", 300, "--test-size", 100)
     assert code == 0
     notes = [line for line in out.splitlines() if "proportion" in line]
-    assert notes == ["80 records, fewer than 300 train + 100 test: split in the same proportion into 60 train / 20 test"]
+    assert notes == ["80 records, fewer than 300 train + 100 test: "
+                     "split in the same proportion into 60 train / 20 test"]
     want_train, want_test = official_split(rows, 60, 20, seed=42)
     assert read_jsonl(tmp_path / "out/test.jsonl") == [qa(r) for r in want_test]
     assert read_jsonl(tmp_path / "out/train.jsonl") == [qa(r) for r in want_train]
@@ -234,7 +235,8 @@ def test_skip_bad_records_drops_and_counts_them_after_the_official_split(tmp_pat
                              "--train-size", 25, "--test-size", 10)
     assert code == 0
     want_train, want_test = official_split(rows, 25, 10, seed=42)
-    keep = [r for r in want_train if int(r["id"][4:]) not in bad_ids], [r for r in want_test if int(r["id"][4:]) not in bad_ids]
+    keep = ([r for r in want_train if int(r["id"][4:]) not in bad_ids],
+            [r for r in want_test if int(r["id"][4:]) not in bad_ids])
     assert read_jsonl(tmp_path / "out/train.jsonl") == [qa(r) for r in keep[0]]
     assert read_jsonl(tmp_path / "out/test.jsonl") == [qa(r) for r in keep[1]]
     dropped = json.loads((tmp_path / "out/prep.json").read_text())["dropped"]
@@ -300,4 +302,5 @@ def test_split_names_the_bad_line_of_its_input(tmp_path, capsys):
     source.write_text('{"question": "q", "answer": "a"}\n{"question": "q2"}\n')
     code = main(["data", "split", "--input", str(source), "--output-dir", str(tmp_path / "out"), "--test-size", "1"])
     assert code == 2
-    assert capsys.readouterr().err.strip() == f"nrt data: error: {source}:2: missing field 'answer' (fields present: question)"
+    want = f"nrt data: error: {source}:2: missing field 'answer' (fields present: question)"
+    assert capsys.readouterr().err.strip() == want

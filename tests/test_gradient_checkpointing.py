@@ -8,7 +8,7 @@ from nrt.engine.gradient_checkpointing import drops_cache
 from nrt.engine.options import EngineOptions
 from nrt.engine.sequences import completion_logprobs
 
-from test_lora import ARCHS, model_dirs  # noqa: F401 (tiny Llama, Mistral, Qwen2)
+from test_lora import ARCHS, model_dirs  # noqa: F401 (a fixture: tiny Llama, Mistral, Qwen2)
 from test_trainer import grads_of, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,7 +32,7 @@ def loss_grads_and_layer_calls(trainer, rollout, chunk):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_checkpointing_gives_the_same_loss_and_gradients(model_dirs, sums_file, tmp_path, lora, arch):
+def test_checkpointing_gives_the_same_loss_and_gradients(model_dirs, sums_file, tmp_path, lora, arch):  # noqa: F811
     options = dict(model__use_peft=True, model__lora_r=4, model__lora_alpha=8) if lora else {}
     plain = make_trainer(model_dirs[arch], sums_file, tmp_path / "a", **options)
     checkpointed = make_trainer(model_dirs[arch], sums_file, tmp_path / "b", trainer__gradient_checkpointing=True,

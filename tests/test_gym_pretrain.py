@@ -115,7 +115,7 @@ def test_cli_data_writes_disjoint_splits(tmp_path):
     seen = set()
     for task in ("multihop", "boolean_expressions"):
         for split in T.SPLITS:
-            rows = [json.loads(l) for l in (tmp_path / task / f"{split}.jsonl").read_text().splitlines()]
+            rows = [json.loads(line) for line in (tmp_path / task / f"{split}.jsonl").read_text().splitlines()]
             assert rows and all(set(r) == {"question", "answer"} for r in rows)
             qs = {r["question"] for r in rows}
             assert not qs & seen

@@ -52,7 +52,8 @@ def test_answer_alone_tokenizes_as_after_response_start_and_prompt_is_a_prefix(t
     assert checked > 1000
     # a word is the same token(s) after a space (in a trace) as alone (an answer)
     for word in ("paris", "True", "-45", "kuna"):
-        assert tok(" " + word, add_special_tokens=False)["input_ids"][1:] == tok(word, add_special_tokens=False)["input_ids"]
+        ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        assert ids(" " + word)[1:] == ids(word)
 
 
 def test_splits_answers_of_every_task_tokenize_consistently(tok):

@@ -88,7 +88,8 @@ def test_rlpr_debiased_clipped_format_mixed_reward_with_std_filter():
     well_formed = (True, False, True)
     debiased = [max(0.0, sum(c) / T - initial) for c in C]
     expected = [0.9 * d + 0.1 * float(f) for d, f in zip(debiased, well_formed)]
-    s = score("rlpr", well_formed, initial=torch.full((K,), initial, dtype=torch.float64), std_filter=EmaStdFilter(0.99))
+    s = score("rlpr", well_formed, initial=torch.full((K,), initial, dtype=torch.float64),
+              std_filter=EmaStdFilter(0.99))
     close(s.reward, expected)
     close(s.advantages, group_norm(expected), tol=1e-5)
     close(s.answer_weights, [[0.0, 0.0]] * K)

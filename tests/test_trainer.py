@@ -96,7 +96,8 @@ def test_train_step_metrics_are_consistent(tiny_model_dir, sums_file, tmp_path):
     before = copy.deepcopy(trainer.model.state_dict())
     metrics = trainer.train_step()
     assert metrics["step"] == 1
-    assert metrics["reasoning_gain"] == pytest.approx(metrics["answer_logprob"] - metrics["answer_logprob_no_trace"], abs=1e-4)
+    gain = metrics["answer_logprob"] - metrics["answer_logprob_no_trace"]
+    assert metrics["reasoning_gain"] == pytest.approx(gain, abs=1e-4)
     assert 0 <= metrics["trace_length_min"] <= metrics["trace_length_mean"] <= metrics["trace_length_max"] <= 8
     assert 0 <= metrics["response_start_share"] <= 1 and 0 <= metrics["zero_std_group_share"] <= 1
     assert metrics["trace_entropy"] > 0 and metrics["grad_norm"] > 0

@@ -129,7 +129,9 @@ class TrainerConfig:
 
 @dataclass
 class MethodConfig:
-    objective: Literal["nrt", "sft"] = opt("nrt", "nrt: think-then-answer RL; sft: direct question -> answer fine-tuning")
+    objective: Literal["nrt", "sft"] = opt(
+        "nrt", "nrt: think-then-answer RL; sft: direct question -> answer fine-tuning"
+    )
     aggregation: Literal[
         "log_prob", "prob", "arithmetic_mean", "geometric_mean", "weighted_sum_inverse_prob", "weighted_sum_log_prob"
     ] = opt("weighted_sum_log_prob", "how per-token answer probabilities become a trace reward")
@@ -168,7 +170,8 @@ class Config:
 
 def option_names(config: Config | None = None) -> list[str]:
     config = config or Config()
-    return [f"{s.name}.{f.name}" for s in dataclasses.fields(config) for f in dataclasses.fields(getattr(config, s.name))]
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(config)
+            for f in dataclasses.fields(getattr(config, s.name))]
 
 
 def _coerce(name: str, tp, value):

@@ -136,7 +136,8 @@ def run_generate(args) -> None:
     )
     for question, r in zip(questions, results):
         print(f"question: {question}")
-        print(f"trace:    {tokenizer.decode(r.trace_ids)}" + ("" if r.emitted_response_start else f"  [no {RESPONSE_START}]"))
+        cut = "" if r.emitted_response_start else f"  [no {RESPONSE_START}]"
+        print(f"trace:    {tokenizer.decode(r.trace_ids)}{cut}")
         print(f"answer:   {tokenizer.decode(r.answer_ids)}\n")
 
 

@@ -10,7 +10,6 @@ before anything is written; the library is `nrt.data_prep`.
 
 from __future__ import annotations
 
-import argparse
 
 
 def register(subparsers) -> None:
@@ -23,7 +22,8 @@ def register(subparsers) -> None:
         "1,024 test rows picked with seed 42 as the official recipe's data script picks them (fewer rows: the "
         "same proportion).",
     )
-    p.add_argument("--input", required=True, help="a .jsonl/.parquet file or a directory of them (read in sorted order)")
+    p.add_argument("--input", required=True,
+                   help="a .jsonl/.parquet file or a directory of them (read in sorted order)")
     p.add_argument("--output-dir", required=True, help="gets train.jsonl, test.jsonl and prep.json")
     p.add_argument("--train-size", type=int, default=220_000, help="training rows (recipe 220000)")
     p.add_argument("--test-size", type=int, default=1_024, help="test rows (recipe 1024)")

@@ -88,10 +88,12 @@ def build_rollout(
     return Rollout(batch, trace_mask, prefix_mask, trace_len_t + 1, answer_length, trace_len_t, emitted_t, k, *distinct)
 
 
-def no_trace_batch(prompts: list[list[int]], answers: list[list[int]], response_start_id: int, pad_id: int, device=None):
+def no_trace_batch(prompts: list[list[int]], answers: list[list[int]], response_start_id: int, pad_id: int,
+                   device=None):
     """The no-trace baseline: [prompt][<|response_start|>][answer], one row per question.
 
     Returns (batch, answer_start [Q], answer_length [Q])."""
     batch = pack(prompts, [[response_start_id] + a for a in answers], pad_id, device)
     dev = batch.input_ids.device
-    return batch, torch.ones(len(prompts), dtype=torch.long, device=dev), torch.tensor([len(a) for a in answers], device=dev)
+    starts = torch.ones(len(prompts), dtype=torch.long, device=dev)
+    return batch, starts, torch.tensor([len(a) for a in answers], device=dev)

@@ -202,8 +202,9 @@ def head_token_logprobs(rows: torch.Tensor, targets: torch.Tensor, head_state: d
                 logits = torch.nn.functional.linear(rows[i : i + step], weight, bias)
         else:
             with torch.autocast(autocast["device_type"], enabled=False):
-                logits = torch.nn.functional.linear(rows[i : i + step].to(dtype), _SharedCast.apply(head.weight, weight),
-                                                    None if bias is None else _SharedCast.apply(head.bias, bias))
+                cast_weight = _SharedCast.apply(head.weight, weight)
+                cast_bias = None if bias is None else _SharedCast.apply(head.bias, bias)
+                logits = torch.nn.functional.linear(rows[i : i + step].to(dtype), cast_weight, cast_bias)
         lp, ent = token_logprobs(logits, targets[i : i + step], with_entropy)
         lps.append(lp)
         ents.append(ent)

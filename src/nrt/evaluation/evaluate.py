@@ -111,7 +111,10 @@ def evaluate(model, tokenizer, examples: list[TokenizedExample], references: lis
                 "answer_logprob_no_trace": float(without[i]),
             })
     n = len(rows)
-    mean = lambda key: sum(float(r[key]) for r in rows) / n
+
+    def mean(key: str) -> float:
+        return sum(float(r[key]) for r in rows) / n
+
     summary = {
         "n": n,
         "accuracy": mean("correct"),

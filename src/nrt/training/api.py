@@ -106,7 +106,8 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
     if config.data.eval_path:
         eval_examples, references, _ = load_examples(config, tokenizer, config.data.eval_path)
         eval_set = EvalSet(eval_examples, references)
-    log(f"data: {len(examples)} examples from {config.data.path}" + (f", {skipped} over-long skipped" if skipped else ""))
+    log(f"data: {len(examples)} examples from {config.data.path}"
+        + (f", {skipped} over-long skipped" if skipped else ""))
 
     # the vocabulary and position limits, from the model's config before its weights load, then on the model
     checked = examples + (eval_set.examples if eval_set else [])

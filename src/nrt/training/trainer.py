@@ -143,7 +143,8 @@ class NRTTrainer(Trainer):
         """R0 [N]: the aggregation of every training question's no-trace answer probabilities."""
         rewards = []
         for first in range(0, len(self.examples), batch_size):
-            chunk = [Question(0, i, self.examples[i]) for i in range(first, min(first + batch_size, len(self.examples)))]
+            last = min(first + batch_size, len(self.examples))
+            chunk = [Question(0, i, self.examples[i]) for i in range(first, last)]
             lp = self.no_trace_logprobs(chunk, repeat=False).double()
             mask = torch.arange(lp.shape[1], device=lp.device)[None, :] < torch.tensor(
                 [len(q.example.answer_ids) for q in chunk], device=lp.device)[:, None]
