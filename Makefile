@@ -44,6 +44,7 @@ real-model: $(STAMP)
 	$(VENV)/bin/python scripts/get_real_model.py
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/python -m pytest
 
 clean:
