@@ -88,6 +88,22 @@ def compile_decoder_layers(model) -> int:
     return len(layers)
 
 
+def adamw_with_schedule(model, t, updates: int):
+    """AdamW over the trainable parameters (no weight decay on vectors: norms, biases) and the
+    learning-rate schedule over `updates` optimizer steps, warmup included (trainer options `t`)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2 and p.requires_grad]
+    no_decay = [p for p in model.parameters() if p.ndim < 2 and p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
+    )
+    scheduler = get_scheduler(
+        t.lr_scheduler_type, optimizer,
+        num_warmup_steps=math.ceil(t.warmup_ratio * updates), num_training_steps=updates,
+    )
+    return optimizer, scheduler
+
+
 class Trainer:
     """The shared machinery; `sequences_per_question` rows of a micro-batch belong to one question."""
 
@@ -121,16 +137,7 @@ class Trainer:
             compile_decoder_layers(model)
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
-        )
-        scheduler = get_scheduler(
-            t.lr_scheduler_type, optimizer,
-            num_warmup_steps=math.ceil(t.warmup_ratio * updates), num_training_steps=updates,
-        )
+        optimizer, scheduler = adamw_with_schedule(model, t, updates)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.after_prepare()
         self.run_dir = RunDirectory(t.output_dir, self.accelerator)
