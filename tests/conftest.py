@@ -36,3 +36,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate's state is a process-wide singleton set by earlier tests (mixed_precision="no"):
+    reset around a test that builds a trainer with another precision."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -86,3 +86,17 @@ def test_a_model_without_checkpointing_support_is_a_config_error():
 
     with pytest.raises(ConfigError, match="trainer.gradient_checkpointing: Plain does not support it"):
         enable(Plain())
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_checkpointing_under_bf16_autocast_recomputes_with_the_forward_attention(sums_file, tmp_path,
+                                                                                  model_dirs):  # noqa: F811
+    """On the CPU the update's forward runs attention in float32 (nrt.engine.cpu_attention); the backward
+    recomputes checkpointed layers with that same attention (a bf16 recompute would not match the saved
+    tensors: torch's CheckpointError). Whole steps with and without checkpointing agree to bf16 rounding."""
+    plain = make_trainer(model_dirs["llama"], sums_file, tmp_path / "a", trainer__bf16=True)
+    checkpointed = make_trainer(model_dirs["llama"], sums_file, tmp_path / "b", trainer__bf16=True,
+                                trainer__gradient_checkpointing=True)
+    a, b = plain.train_step(), checkpointed.train_step()
+    for key in ("reward_mean", "answer_logprob", "loss", "grad_norm"):
+        assert b[key] == pytest.approx(a[key], rel=2e-2, abs=1e-3), key

@@ -22,6 +22,7 @@ from transformers import get_scheduler
 
 from nrt.config import Config
 from nrt.data import TokenizedExample
+from nrt.engine.cpu_attention import float32_attention
 from nrt.engine.gradient_checkpointing import enable as enable_gradient_checkpointing
 from nrt.engine.options import EngineOptions
 from nrt.tokens import ensure_response_start_token, pad_token_id
@@ -212,7 +213,9 @@ class Trainer:
                 sync = j == (update + 1) * ga - 1
                 with self.accelerator.no_sync(self.model) if not sync else nullcontext():
                     out = loss_of(j)
-                    self.accelerator.backward(out.loss / ga)
+                    # checkpointed layers recompute their forward in the backward: with the forward's attention
+                    with float32_attention(self.model, enabled=self.engine.attention_in_float32):
+                        self.accelerator.backward(out.loss / ga)
                 outputs.append(out)
                 nonfinite += nonfinite_names({"loss": out.loss, **(watched(j) if watched else {})})
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
