@@ -127,10 +127,3 @@ def print_probe(title: str, s: dict) -> None:
                   nats("reasoning_gain"))
     Console().print(table)
 
-
-if __name__ == "__main__":
-    import sys
-
-    from nrt.commands.cli import main
-
-    sys.exit(main(["probe", *sys.argv[1:]]))
