@@ -2,7 +2,8 @@
 
     python benchmarks/eval_speed.py --model DIR --bbh boolean_expressions --limit 40 [--fast-limit 250]
 
-Each variant evaluates the same first `--limit` questions (128-token traces); `--fast-limit` then
+Each variant (three-pass or one-pass, float32 or bf16 autocast) evaluates the same first `--limit`
+questions (128-token traces), in the order given by `--variants`; `--fast-limit` then
 times the one-pass bf16 path alone on more questions. Prints one JSON line per variant: seconds,
 questions per second, accuracy, mean answer log-likelihoods, and against the plain path the share
 of identical greedy predictions and the largest |difference| of the per-question log-likelihoods.
@@ -32,7 +33,7 @@ def main() -> None:
     ap.add_argument("--max-trace-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--fast-batch-size", type=int, default=32)
-    ap.add_argument("--variants", default="plain_fp32,one_pass_fp32,one_pass_bf16")
+    ap.add_argument("--variants", default="plain_fp32,plain_bf16,one_pass_fp32,one_pass_bf16")
     ap.add_argument("--output", default="benchmarks/results/eval_speed.jsonl")
     args = ap.parse_args()
 
@@ -44,6 +45,7 @@ def main() -> None:
     refs = [r.answer for r in records]
     variants = {
         "plain_fp32": EvalConfig(args.max_trace_tokens, 32, args.batch_size, one_pass=False),
+        "plain_bf16": EvalConfig(args.max_trace_tokens, 32, args.batch_size, one_pass=False, bf16=True),
         "one_pass_fp32": EvalConfig(args.max_trace_tokens, 32, args.fast_batch_size),
         "one_pass_bf16": EvalConfig(args.max_trace_tokens, 32, args.fast_batch_size, bf16=True),
     }

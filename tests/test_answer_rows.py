@@ -31,7 +31,7 @@ def test_greedy_rows_match_think_then_answer_and_forced_rows_never_answer_at_onc
     model, tok, _, examples, rs = setup
     prompts = [ex.prompt_ids for ex in examples]
     eos = tok.eos_token_id
-    for forbid in ((), (rs, eos)):
+    for forbid in ((), (rs,)):  # think_then_answer's force_trace forbids <|response_start|>
         got = decode_rows(model, prompts, [RowKind(7, 0.0, forbid)], answers=None, seeds=[0] * len(prompts),
                           response_start_id=rs, eos_id=eos, pad_id=tok.pad_token_id, max_answer_tokens=5)
         want = think_then_answer(model, prompts, response_start_id=rs, eos_id=eos, pad_id=tok.pad_token_id,
@@ -41,6 +41,8 @@ def test_greedy_rows_match_think_then_answer_and_forced_rows_never_answer_at_onc
         assert [g[0].emitted_response_start for g in got] == [w.emitted_response_start for w in want]
         if forbid:
             assert all(len(g[0].trace_ids) >= 1 for g in got)
+        else:
+            assert not all(len(g[0].trace_ids) >= 1 for g in got)  # free, some rows answer at once
 
 
 def test_scored_rows_match_answer_logprobs_with_the_same_sampled_traces(setup):

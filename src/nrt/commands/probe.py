@@ -27,6 +27,7 @@ def add_probe(sub) -> None:
     source.add_argument("--bbh", action="append", metavar="TASK", help="a BIG-Bench-Hard task (repeatable)")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--output", required=True, help="JSON report path")
+    p.add_argument("--name", help="the task's name in the report with --data (default: the file name without suffix)")
     p.add_argument("--bbh-dir", default=None, help="BBH json directory (default: ../shared/data/bbh or $NRT_BBH_DIR)")
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
@@ -49,7 +50,7 @@ def task_files(args) -> list[tuple[str, Path, tuple[str, str]]]:
         path = Path(args.data)
         if not path.exists():
             fail(f"--data {path}: no such file or directory")
-        return [(path.stem, path, (args.question_field, args.answer_field))]
+        return [(args.name or path.stem, path, (args.question_field, args.answer_field))]
     from nrt.evaluation.evaluate import default_bbh_dir
 
     bbh_dir = Path(args.bbh_dir) if args.bbh_dir else default_bbh_dir()
