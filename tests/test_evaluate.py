@@ -17,13 +17,14 @@ def test_normalize_answer_ignores_case_and_whitespace():
     assert normalize_answer("Kuna  Lo") == "kuna lo" != normalize_answer("kunalo")
 
 
-def test_accuracy_counts_exact_matches_and_likelihoods_match_a_plain_forward(tiny_model_dir, sums_file):
+@pytest.mark.parametrize("one_pass", [False, True], ids=["three-pass", "one-pass"])
+def test_accuracy_counts_exact_matches_and_likelihoods_match_a_plain_forward(tiny_model_dir, sums_file, one_pass):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     rs = tokenizer.convert_tokens_to_ids(RESPONSE_START)
     records = load_qa_records(sums_file)[:6]
     examples, _ = tokenize_records(records, tokenizer, "{question}\n", 64, 16)
-    cfg = EvalConfig(max_trace_tokens=6, max_answer_tokens=4, batch_size=4)
+    cfg = EvalConfig(max_trace_tokens=6, max_answer_tokens=4, batch_size=4, one_pass=one_pass)
     _, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
     # make the references of the first three questions the model's own answers, restyled
     references = [f"  {row['prediction'].upper()} " if i < 3 else "no such answer" for i, row in enumerate(rows)]

@@ -24,6 +24,7 @@ from nrt.engine.options import EngineOptions
 from nrt.engine.rollouts import build_rollout, no_trace_batch
 from nrt.engine.sampling import question_seed, sample_traces
 from nrt.engine.sequences import completion_logprobs, gather_columns
+from nrt.evaluation.one_pass import autocast_bf16, one_pass_batch
 from nrt.tokens import pad_token_id
 
 
@@ -49,6 +50,11 @@ class EvalConfig:
     batch_size: int = 32
     seed: int = 0
     force_trace: bool = False  # forbid an immediate <|response_start|> (measures the forced-think ceiling)
+    bf16: bool = False  # bfloat16 autocast (nrt.evaluation.one_pass.autocast_bf16)
+    # the three measurements in one decoding pass (nrt.evaluation.one_pass: equal in float32 up to rounding,
+    # several times faster); `nrt eval` uses it. Off here: validation during training and `nrt compare` keep
+    # the three-pass path that docs/RESULTS.md and docs/METHODS.md were measured with.
+    one_pass: bool = False
 
 
 @torch.no_grad()
@@ -82,34 +88,9 @@ def evaluate(model, tokenizer, examples: list[TokenizedExample], references: lis
     """Returns (summary metrics, one row per question)."""
     eos, pad = tokenizer.eos_token_id, pad_token_id(tokenizer)
     rows = []
-    for first in range(0, len(examples), cfg.batch_size):
-        batch = examples[first : first + cfg.batch_size]
-        prompts = [ex.prompt_ids for ex in batch]
-        answers = [ex.answer_ids for ex in batch]
-        greedy = think_then_answer(
-            model, prompts, response_start_id=response_start_id, eos_id=eos, pad_id=pad,
-            max_trace_tokens=cfg.max_trace_tokens, max_answer_tokens=cfg.max_answer_tokens,
-            temperature=0.0, force_trace=cfg.force_trace,
-        )
-        with_trace, without = answer_logprobs(
-            model, prompts, answers, num_generations=1, max_trace_tokens=cfg.max_trace_tokens,
-            seeds=[question_seed(cfg.seed, first + i) for i in range(len(batch))],
-            response_start_id=response_start_id, eos_id=eos, pad_id=pad,
-        )
-        for i, (ex, g) in enumerate(zip(batch, greedy)):
-            prediction = tokenizer.decode(g.answer_ids, skip_special_tokens=True)
-            reference = references[first + i]
-            rows.append({
-                "source": ex.source,
-                "reference": reference,
-                "prediction": prediction,
-                "trace": tokenizer.decode(g.trace_ids),
-                "correct": normalize_answer(prediction) == normalize_answer(reference),
-                "thought": len(g.trace_ids) > 0,
-                "trace_length": len(g.trace_ids),
-                "answer_logprob": float(with_trace[i]),
-                "answer_logprob_no_trace": float(without[i]),
-            })
+    with autocast_bf16(model, cfg.bf16):
+        for first in range(0, len(examples), cfg.batch_size):
+            rows += _evaluate_batch(model, tokenizer, examples, references, cfg, response_start_id, first, eos, pad)
     n = len(rows)
 
     def mean(key: str) -> float:
@@ -125,6 +106,45 @@ def evaluate(model, tokenizer, examples: list[TokenizedExample], references: lis
     }
     summary["reasoning_gain"] = summary["answer_logprob"] - summary["answer_logprob_no_trace"]
     return summary, rows
+
+
+def _evaluate_batch(model, tokenizer, examples, references, cfg: EvalConfig, response_start_id: int, first: int,
+                    eos: int, pad: int) -> list[dict]:
+    batch = examples[first : first + cfg.batch_size]
+    prompts = [ex.prompt_ids for ex in batch]
+    answers = [ex.answer_ids for ex in batch]
+    seeds = [question_seed(cfg.seed, first + i) for i in range(len(batch))]
+    if cfg.one_pass:
+        greedy, with_trace, without = one_pass_batch(
+            model, prompts, answers, seeds, max_trace_tokens=cfg.max_trace_tokens,
+            max_answer_tokens=cfg.max_answer_tokens, force_trace=cfg.force_trace, response_start_id=response_start_id,
+            eos_id=eos, pad_id=pad)
+    else:
+        greedy = think_then_answer(
+            model, prompts, response_start_id=response_start_id, eos_id=eos, pad_id=pad,
+            max_trace_tokens=cfg.max_trace_tokens, max_answer_tokens=cfg.max_answer_tokens,
+            temperature=0.0, force_trace=cfg.force_trace,
+        )
+        with_trace, without = answer_logprobs(
+            model, prompts, answers, num_generations=1, max_trace_tokens=cfg.max_trace_tokens, seeds=seeds,
+            response_start_id=response_start_id, eos_id=eos, pad_id=pad,
+        )
+    rows = []
+    for i, (ex, g) in enumerate(zip(batch, greedy)):
+        prediction = tokenizer.decode(g.answer_ids, skip_special_tokens=True)
+        reference = references[first + i]
+        rows.append({
+            "source": ex.source,
+            "reference": reference,
+            "prediction": prediction,
+            "trace": tokenizer.decode(g.trace_ids),
+            "correct": normalize_answer(prediction) == normalize_answer(reference),
+            "thought": len(g.trace_ids) > 0,
+            "trace_length": len(g.trace_ids),
+            "answer_logprob": float(with_trace[i]),
+            "answer_logprob_no_trace": float(without[i]),
+        })
+    return rows
 
 
 def write_report(path: Path, summary: dict, rows: list[dict], meta: dict) -> None:
