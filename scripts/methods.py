@@ -210,7 +210,7 @@ per step against 8 questions x 8 traces). Accuracy is exact match after the mode
 greedy think-then-answer on the gym's multi-hop test split (288 questions about people
 whose composed questions never appear in pretraining or training); "gain" is the answer
 log-likelihood after a sampled trace minus without one on that split. The collapse column
-is the detector of src/nrt/collapse.py (trace length or entropy below 0.25 x its value over
+is the detector of src/nrt/training/collapse.py (trace length or entropy below 0.25 x its value over
 the first 5 steps, for 5 consecutive steps), run with `on_collapse=warn` so every curve
 runs to the end.
 """]

@@ -59,3 +59,20 @@ def test_sft_objective_gets_the_sft_trainer(tiny_model_dir, sums_file, tmp_path)
         kinds[method] = type(make_trainer(config, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
                                           examples))
     assert kinds == {"sft": SFTTrainer, "nrt": NRTTrainer}
+
+
+def test_each_library_error_has_its_exit_code():
+    from nrt.commands.usage import exit_code
+    from nrt.errors import RunDirectoryError, StoppedBySignal, WriteFailed
+
+    codes = {nrt.ConfigError("x"): 2, nrt.DataError("x"): 2, nrt.ModelLoadError("x"): 2, RunDirectoryError("x"): 2,
+             nrt.CollapseStop("x"): 3, nrt.Diverged("x"): 4, StoppedBySignal("x"): 5, WriteFailed("x"): 6}
+    assert {type(e).__name__: exit_code(e) for e in codes} == {type(e).__name__: c for e, c in codes.items()}
+
+
+def test_two_runs_in_one_process_may_use_different_precisions(tiny_model_dir, sums_file, tmp_path):
+    """accelerate keeps one state per process; the library resets it when a run asks for another precision."""
+    for i, bf16 in enumerate(("false", "true", "false")):
+        config = nrt.resolve_config("nrt", model=tiny_model_dir, data=sums_file, output_dir=str(tmp_path / str(i)),
+                                    overrides=[*SHORT, "trainer.max_steps=1", f"trainer.bf16={bf16}"])
+        assert nrt.train(config, log=lambda *_: None).steps == 1

@@ -91,16 +91,23 @@ def test_no_import_cycle():
             assert cycle is None, " -> ".join(cycle[cycle.index(cycle[-1]):])
 
 
-def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
-    """The walker itself: a made-up package with a cycle and an upward import is flagged."""
+def test_the_checks_catch_a_cycle_an_upward_import_and_a_library_importing_the_commands(tmp_path, monkeypatch):
+    """The walker itself, on a made-up package: each of the three checks above fails on it."""
     assert layer_of("nrt.engine.sampling") < layer_of("nrt.training.trainer") < layer_of("nrt.commands.cli")
     fake = tmp_path / "nrt"
     (fake / "engine").mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "engine" / "__init__.py").write_text("")
-    (fake / "engine" / "a.py").write_text("def f():\n    from nrt.commands.cli import main\n")
-    (fake / "rewards.py").write_text("from nrt.engine import a\n")
+    (fake / "engine" / "a.py").write_text("def f():\n    from nrt.commands.cli import main\n")  # inside a function
+    (fake / "rewards.py").write_text("from nrt.engine import a\nimport nrt.loss\n")  # upward
+    (fake / "loss.py").write_text("from nrt.rewards import x\n")  # rewards <-> loss
     monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
     g = graph()
-    assert g["nrt.engine.a"] == {"nrt.commands.cli"} and g["nrt.rewards"] == {"nrt.engine.a"}
-    assert layer_of("nrt.rewards") < layer_of("nrt.engine.a")  # so the second test would fail on it
+    assert g["nrt.engine.a"] == {"nrt.commands.cli"} and g["nrt.rewards"] == {"nrt.engine.a", "nrt.loss"}
+    for check in (test_every_module_has_a_layer_and_imports_none_above_it, test_no_library_module_imports_the_commands,
+                  test_no_import_cycle):
+        try:
+            check()
+        except AssertionError:
+            continue
+        raise AssertionError(f"{check.__name__} passed on a package that breaks it")

@@ -57,8 +57,9 @@ def test_checkpointing_gives_the_same_loss_and_gradients(model_dirs, sums_file, 
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
     if lora:
         assert all("lora_" in n or "trainable_tokens" in n for n in grads_a)
+    # most gradients are non-zero (a run whose gradients vanished would compare equal trivially)
+    assert sum(bool(g.abs().max() > 0) for g in grads_a.values()) > len(grads_a) // 2
     for name in grads_a:
-        assert grads_a[name].abs().max() > 0 or "lora_B" not in name
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, msg=name)
 
 

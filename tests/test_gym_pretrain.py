@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nrt.commands import gym as cli
+from nrt.commands.cli import main as nrt_main
 from nrt.gym import tasks as T
 from nrt.gym.pretrain import PretrainConfig, collate, pack_rows, pretrain
 from nrt.gym.probe import answer_logprob, decode
@@ -111,7 +111,7 @@ def test_probe_modes_direct_and_forced_think(tiny_gym):
 
 
 def test_cli_data_writes_disjoint_splits(tmp_path):
-    cli.main(["gym", "data", "--output-dir", str(tmp_path), "--tasks", "multihop,boolean_expressions"])
+    assert nrt_main(["gym", "data", "--output-dir", str(tmp_path), "--tasks", "multihop,boolean_expressions"]) == 0
     seen = set()
     for task in ("multihop", "boolean_expressions"):
         for split in T.SPLITS:

@@ -159,3 +159,25 @@ def test_fsdp_config_two_process_run_equals_one_process(tiny_model_dir, sums_fil
     for a, b in zip(one, two):
         for key in ("reward_mean", "reward_std", "reasoning_gain", "trace_length_mean", "loss", "grad_norm"):
             assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), key
+
+
+def test_a_deepspeed_launch_is_refused_before_training(tiny_model_dir, sums_file, tmp_path):
+    """DeepSpeed's engine steps inside every backward, which the update loop's accumulation, non-finite
+    skip and clipping do not expect: such a launch is a one-line ConfigError, not a silently different run."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nrt.errors import ConfigError
+    from nrt.training.api import load_examples, make_trainer, resolve_config
+
+    config = resolve_config(model=tiny_model_dir, data=sums_file, output_dir=str(tmp_path / "run"),
+                            overrides=["trainer.num_generations=4", "trainer.per_device_train_batch_size=8"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples, _, _ = load_examples(config, tokenizer)
+    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
+    with pytest.raises(ConfigError, match="DeepSpeed launches are not supported"):
+        make_trainer(config, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, examples,
+                     accelerator=deepspeed)
+    assert not (tmp_path / "run").exists()

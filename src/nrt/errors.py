@@ -10,7 +10,7 @@ class NRTError(Exception):
 
 
 class ConfigError(NRTError, ValueError):
-    """A bad option name or value, or a run directory that cannot be used; the message names it."""
+    """A bad option name or value, or options the model cannot take; the message names the option."""
 
 
 class DataError(NRTError, ValueError):

@@ -26,6 +26,7 @@ from nrt.commands.usage import (  # noqa: F401  (re-exported for callers of main
     WRITE_FAILED,
     UsageError,
     fail,
+    refuse_adapter_dir,
 )
 
 
@@ -59,14 +60,6 @@ def build_config(args):
     return resolve_config(args.method, args.config, args.overrides, model=args.model, data=args.data,
                           output_dir=args.output_dir)
 
-
-def refuse_adapter_dir(path: str) -> None:
-    """A LoRA run's folder holds an adapter, not a model: say how to merge it."""
-    from nrt.training.peft_model import is_adapter_dir
-
-    if is_adapter_dir(path):
-        fail(f"--model {path}: holds a LoRA adapter, not a model; merge it first: "
-             f"nrt export --model {path} --merge --output-dir DIR, then use DIR")
 
 
 def run_train(args) -> None:
@@ -162,7 +155,8 @@ def add_eval(sub) -> None:
     p.add_argument("--force-trace", action="store_true", help="forbid answering without a trace")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast, as trainer.bf16: about 2x faster on CPUs "
                    "with bf16 matmuls, but greedy traces and likelihoods differ from float32 (off by default)")
-    p.add_argument("--output", help="JSON report path (default: MODEL/eval/<data name>.json)")
+    p.add_argument("--output", help="JSON report path (default: MODEL/eval/<data name>.json; for a hub name, "
+                   "eval/OWNER__NAME/<data name>.json)")
     p.set_defaults(func=run_eval)
 
 
@@ -192,8 +186,15 @@ def run_eval(args) -> None:
 
     from nrt.training.run_record import RunDirectoryError, check_writable
 
-    model_dir = Path(args.model).parent if args.model.endswith(".gguf") else Path(args.model)
-    output = Path(args.output) if args.output else model_dir / "eval" / f"{args.bbh or path.stem}.json"
+    from nrt.model_loading import looks_local
+
+    if args.model.endswith(".gguf"):
+        reports = Path(args.model).parent / "eval"
+    elif Path(args.model).is_dir() or looks_local(args.model):
+        reports = Path(args.model) / "eval"
+    else:  # a hub name: a folder named like it would shadow the hub model in later loads
+        reports = Path("eval") / args.model.replace("/", "__")
+    output = Path(args.output) if args.output else reports / f"{args.bbh or path.stem}.json"
     try:  # before the work, so the results are never computed only to be lost
         if output.is_dir():
             raise RunDirectoryError(f"--output {output}: is a directory")
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nrt {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except SystemExit as e:  # a command's own exit code (3-6): returned, so callers of main() get it
+    except SystemExit as e:  # an exit code raised by a command (argparse's 2): returned to callers of main()
         if isinstance(e.code, int):
             return e.code
         raise

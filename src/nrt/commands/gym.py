@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,10 +19,8 @@ from nrt.gym import tasks as T
 
 
 def _usage_error(message: str):
-    try:
-        from nrt.commands.usage import UsageError
-    except ImportError:  # standalone use
-        raise SystemExit(f"nrt gym: error: {message}")
+    from nrt.commands.usage import UsageError
+
     raise UsageError(message)
 
 
@@ -107,10 +104,14 @@ def run_data(args) -> None:
 
 
 def run_probe(args) -> None:
-    from nrt.gym.probe import probe
+    from nrt.gym.probe import gym_corpus_of, probe
 
     if not (Path(args.model) / "config.json").exists():
         _usage_error(f"{args.model}: not a model directory")
+    try:  # before the model loads: a model that `nrt gym pretrain` did not write has no gym to probe
+        gym_corpus_of(args.model)
+    except (ValueError, OSError) as e:
+        _usage_error(str(e).splitlines()[0])
     splits = tuple(s for s in args.splits.split(",") if s)
     if any(s not in T.SPLITS for s in splits):
         _usage_error(f"--splits: choose from {','.join(T.SPLITS)}")
@@ -119,15 +120,3 @@ def run_probe(args) -> None:
     print(text)
     if args.output:
         Path(args.output).write_text(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nrt")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    args.func(args)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

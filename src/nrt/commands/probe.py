@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nrt.commands.usage import fail
+from nrt.commands.usage import fail, refuse_adapter_dir
 
 
 def add_probe(sub) -> None:
@@ -74,24 +74,32 @@ def run_probe(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
+    from nrt.training.run_record import check_writable
+
     output = Path(args.output)
     if output.is_dir():
         fail(f"--output {output}: is a directory; give a file name")
+    check_writable(output.parent, "--output")  # before the work: the results are never computed only to be lost
     cfg = ProbeConfig(args.samples, args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed,
                       args.bf16, args.think_prompt)
     tasks = task_files(args)
 
     from nrt.model_loading import load_model, load_tokenizer
 
+    refuse_adapter_dir(args.model)
     tokenizer = load_tokenizer(args.model)
     data = {}
+    from jinja2 import TemplateError
+
     for name, path, fields in tasks:
-        records = with_think_prompt(load_qa_records(path, *fields, messages_field=None)[: args.limit],
-                                    args.think_prompt)
         try:
+            records = with_think_prompt(load_qa_records(path, *fields, messages_field=None)[: args.limit],
+                                        args.think_prompt)
             examples, _ = tokenize_records(records, tokenizer, args.prompt_template, 10**6, 10**6)
-        except ValueError as e:  # DataError, or a prompt template that does not render
-            fail(str(e))
+        except (ValueError, TemplateError) as e:  # DataError, or a template that does not render
+            fail(str(e).splitlines()[0])
+        except OSError as e:
+            fail(f"{path}: cannot read ({e.strerror or e})")
         data[name] = (path, records, examples)
 
     from nrt.evaluation.probe import probe

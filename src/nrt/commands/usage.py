@@ -29,3 +29,12 @@ def exit_code(error: Exception) -> int:
         if isinstance(error, kind):
             return code
     return USAGE_ERROR
+
+
+def refuse_adapter_dir(path: str) -> None:
+    """A LoRA run's folder holds an adapter, not a model: say how to merge it."""
+    from nrt.training.peft_model import is_adapter_dir
+
+    if is_adapter_dir(path):
+        fail(f"--model {path}: holds a LoRA adapter, not a model; merge it first: "
+             f"nrt export --model {path} --merge --output-dir DIR, then use DIR")

@@ -15,7 +15,7 @@ the no-trace baseline) are not checkpointed and keep the cache.
 
 from __future__ import annotations
 
-from nrt.config import ConfigError
+from nrt.errors import ConfigError
 
 
 def _transformers_model(model):

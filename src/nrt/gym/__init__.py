@@ -10,7 +10,7 @@
 - pretrain.py: `pretrain(PretrainConfig(...))`: tokenizer + tiny Llama from scratch, on
   the gym corpus or a user's corpus, saved as a Hugging Face directory.
 - probe.py: direct / forced-think / free accuracy, think share and reasoning gain.
-- cli.py: `nrt gym pretrain | data | probe`.
+- the command `nrt gym pretrain | data | probe` is in nrt/commands/gym.py.
 
 Document contract with the trainer: "{question}\\n" + trace + "<|response_start|>" +
 answer + "<|endoftext|>" (empty trace = direct answer); prompts are "{question}\\n".

@@ -31,7 +31,7 @@ from nrt.training.run_record import check_output_dir, complete_checkpoints, resu
 @dataclass
 class RunResult:
     output_dir: Path
-    steps: int  # training steps done (the newest checkpoint's, after a collapse stop)
+    steps: int  # training steps done (where the run stopped, when it ended early)
     best_step: int | None  # the validation-selected step (output_dir/best), None without validation
     best_accuracy: float | None
     stopped_by_collapse: str | None  # the detector's verdict when it stopped the run
@@ -119,14 +119,18 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
         log("resume applies: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     try:
         trainer.train(resume=resume)
+        failed_write = None
     except OSError as e:
-        kept = complete_checkpoints(out)
-        kept = (f"checkpoint-{kept[-1]} is the newest complete checkpoint (--resume continues from it)" if kept
-                else "no checkpoint was completed")
-        raise WriteFailed(f"writing to {out} failed at step {trainer.step}: {e.strerror or e}; {kept}") from None
+        failed_write = e
     result = RunResult(out, trainer.step, trainer.best.step,
                        trainer.best.accuracy if trainer.best.step is not None else None,
                        trainer.stopped_by_collapse, skipped, len(examples))
+    if failed_write is not None:
+        kept = complete_checkpoints(out)
+        kept = (f"checkpoint-{kept[-1]} is the newest complete checkpoint (--resume continues from it)" if kept
+                else "no checkpoint was completed")
+        raise WriteFailed(f"writing to {out} failed at step {trainer.step}: "
+                          f"{failed_write.strerror or failed_write}; {kept}", result)
     if trainer.stopped_by_divergence:
         kept = complete_checkpoints(out)
         kept = f"checkpoint-{kept[-1]} is the newest kept checkpoint" if kept else "no checkpoint is kept"

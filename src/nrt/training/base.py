@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from nrt.config import Config
+from nrt.errors import ConfigError
 from nrt.data import TokenizedExample
 from nrt.engine.cpu_attention import float32_attention
 from nrt.engine.gradient_checkpointing import enable as enable_gradient_checkpointing
@@ -69,7 +71,13 @@ def make_accelerator(bf16: bool) -> Accelerator:
     without CUDA asks for it here.
     """
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=multi_process and not torch.cuda.is_available())
+    precision = "bf16" if bf16 else "no"
+    if not multi_process:  # accelerate keeps one state per process: a second run may ask for another precision
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=precision, cpu=multi_process and not torch.cuda.is_available())
 
 
 def compile_decoder_layers(model) -> int:
@@ -82,7 +90,7 @@ def compile_decoder_layers(model) -> int:
     names = set(getattr(model, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
-        raise ValueError(f"trainer.torch_compile: no decoder layers found in {type(model).__name__}")
+        raise ConfigError(f"trainer.torch_compile: no decoder layers found in {type(model).__name__}")
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for layer in layers:
         layer.compile()
@@ -116,6 +124,11 @@ class Trainer:
         t = config.trainer
         self.engine = engine or EngineOptions(compile_step=t.torch_compile)
         self.accelerator = accelerator or make_accelerator(t.bf16)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed's engine steps inside every backward: gradient accumulation, the non-finite skip and
+            # trainer.max_grad_norm of optimizer_updates would not hold (configs/accelerate/zero*.yaml: not run)
+            raise ConfigError("DeepSpeed launches are not supported by the trainer's update loop yet; use the DDP or "
+                              "FSDP config (configs/accelerate/)")
         set_seed(t.seed)
         self.response_start_id = ensure_response_start_token(model, tokenizer)
         if config.model.use_peft:  # LoRA: the adapters and the response-start rows train, nothing else
