@@ -313,8 +313,8 @@ def test_remote_code_model_is_refused_without_a_prompt_and_without_running_its_c
     err = one_line_error(capsys, generate(directory))
     assert f"--model {directory}: model_type 'my_custom_lm' needs the directory's own Python code" in err
     assert "model.trust_remote_code=true" in err and not marker.exists()
-    err = one_line_error(capsys, ["gym", "probe", "--model", str(directory)])  # loads outside the --model helpers
-    assert f"error: --model {directory}: model_type 'my_custom_lm' needs" in err and not marker.exists()
+    err = one_line_error(capsys, ["gym", "probe", "--model", str(directory)])  # refused before anything loads
+    assert f"error: {directory}: no gym.json" in err and not marker.exists()
 
 
 def test_too_small_vocabulary_or_position_limit_stop_train_before_anything_is_written(tmp_path, capsys, sums_file):
