@@ -171,3 +171,12 @@ def test_tensorboard_logs_when_asked(tiny_model_dir, sums_file, tmp_path):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert "reasoning_gain" in events.Tags()["scalars"]
+
+
+def test_compare_refuses_lora_and_bad_overrides_before_any_run(tiny_model_dir, sums_file, tmp_path, capsys):
+    base = ["compare", "--model", tiny_model_dir, "--data", sums_file, "--eval", f"t={sums_file}", "--methods", "sft",
+            "--seeds", "0", "--output-dir", str(tmp_path / "c")]
+    assert main([*base, "model.use_peft=true"]) == 2
+    assert "model.use_peft: nrt compare evaluates whole models" in capsys.readouterr().err
+    assert main([*base, "trainer.learning_rat=1"]) == 2
+    assert "trainer.learning_rat" in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -271,6 +271,12 @@ def run_compare(args) -> None:
 
             hint = difflib.get_close_matches(method, PRESETS, n=1)
             fail(f"--methods: unknown method {method!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    from nrt.config import Config, apply_overrides
+
+    overrides = apply_overrides(Config(), args.overrides)  # names and values checked before any run
+    if overrides.model.use_peft:
+        fail("model.use_peft: nrt compare evaluates whole models; train LoRA runs with nrt train, merge them "
+             "with nrt export --merge, then nrt eval each")
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:

@@ -54,7 +54,7 @@ def export_merged(run_dir: str | Path, output_dir: str | Path, base_model: str |
                            "a full fine-tuning run directory is already a plain model)")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise AdapterError(f"--output-dir {output_dir}: exists and is not an empty directory")
-    try:
+    try:  # the run directory's own tokenizer, written by nrt (the adapter folder has no config.json)
         tokenizer = AutoTokenizer.from_pretrained(run_dir)
     except (OSError, ValueError) as e:
         raise AdapterError(f"--model {run_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None

@@ -144,17 +144,19 @@ def merge_adapter(adapter_dir: str | Path, tokenizer, base_model: str | None = N
     """A plain transformers model: the base with `<|response_start|>` added as in training and the
     adapter of `adapter_dir` merged into its weights."""
     peft = _require_peft()
-    from transformers import AutoModelForCausalLM
+    import yaml
 
+    from nrt.model_loading import ModelSource, load_model
     from nrt.tokens import ensure_response_start_token
 
     if not is_adapter_dir(adapter_dir):
         raise AdapterError(f"{adapter_dir}: no {ADAPTER_CONFIG} (not a LoRA run directory)")
     base_path = base_model or base_model_path(adapter_dir)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"base model {base_path}: cannot load it ({str(e).splitlines()[0]})") from None
+    run_config = Path(adapter_dir) / "config.yaml"  # the run's model options: a GGUF base, trust_remote_code
+    options = (yaml.safe_load(run_config.read_text()) or {}).get("model", {}) if run_config.is_file() else {}
+    source = ModelSource(str(base_path), options.get("gguf_file") if not base_model else None,
+                         bool(options.get("trust_remote_code", False)))
+    model = load_model(source, dtype=dtype)  # the same loading (and refusals) as training: ModelLoadError
     ensure_response_start_token(model, tokenizer)
     model = peft.PeftModel.from_pretrained(model, str(adapter_dir))
     return model.merge_and_unload()
