@@ -47,3 +47,17 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def tiny_sums_setup(model_dir, path, n):
+    """(model, tokenizer, records, examples, <|response_start|> id): the tiny model on n sums questions."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nrt.data import load_qa_records, tokenize_records
+    from nrt.tokens import RESPONSE_START
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    records = load_qa_records(write_sums(path, n=n))
+    examples, _ = tokenize_records(records, tokenizer, "{question}\n", 64, 16)
+    return model, tokenizer, records, examples, tokenizer.convert_tokens_to_ids(RESPONSE_START)

@@ -4,27 +4,20 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nrt.data import load_qa_records, tokenize_records
 from nrt.engine.answer_rows import RowKind, decode_rows
 from nrt.engine.generation import think_then_answer
 from nrt.engine.sampling import question_seed
 from nrt.evaluation.evaluate import EvalConfig, answer_logprobs, evaluate
-from nrt.tokens import RESPONSE_START
+
+from conftest import tiny_sums_setup  # the tests folder is on the path (pytest rootdir conftest)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
-    from tests.conftest import write_sums
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    records = load_qa_records(write_sums(tmp_path_factory.mktemp("d") / "s.jsonl", n=10))
-    examples, _ = tokenize_records(records, tokenizer, "{question}\n", 64, 16)
-    return model, tokenizer, records, examples, tokenizer.convert_tokens_to_ids(RESPONSE_START)
+    return tiny_sums_setup(tiny_model_dir, tmp_path_factory.mktemp("d") / "s.jsonl", n=10)
 
 
 def test_greedy_rows_match_think_then_answer_free_and_forced(setup):

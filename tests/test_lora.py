@@ -18,7 +18,7 @@ from nrt.engine.sequences import completion_logprobs, gather_columns, pack
 from nrt.tiny import char_tokenizer
 from nrt.tokens import ensure_response_start_token
 
-from test_resume import metrics_of
+from test_resume import metrics_of, train_until_crash
 from test_trainer import grads_of, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -300,16 +300,7 @@ def test_lora_resume_reproduces_the_uninterrupted_run(model_dirs, sums_file, tmp
     straight.train()
 
     crashing = make_trainer(model_dirs["mistral"], sums_file, tmp_path / "b", **options)
-    real_step = crashing.train_step
-
-    def step_then_crash():
-        if crashing.step == 3:  # dies in step 4, after checkpoint-2 and the metrics of step 3
-            raise KeyboardInterrupt
-        return real_step()
-
-    crashing.train_step = step_then_crash
-    with pytest.raises(KeyboardInterrupt):
-        crashing.train()
+    train_until_crash(crashing, crash_at=3)  # dies in step 4, after checkpoint-2 and the metrics of step 3
     state = load_file(tmp_path / "b" / "out" / "checkpoint-2" / "training_state" / "model.safetensors")
     trainable = {n for n, p in crashing.model.named_parameters() if p.requires_grad}
     assert set(state) == trainable  # the adapter and token rows, not the frozen base model

@@ -10,24 +10,19 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nrt.commands.cli import main
-from nrt.data import QARecord, load_qa_records, tokenize_records
+from nrt.data import QARecord, tokenize_records
 from nrt.engine.sampling import question_seed
 from nrt.evaluation.evaluate import answer_logprobs
 from nrt.evaluation.probe import ProbeConfig, mean_and_standard_error, probe, with_think_prompt
-from nrt.tokens import RESPONSE_START
+
+from conftest import tiny_sums_setup  # the tests folder is on the path (pytest rootdir conftest)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
-    from tests.conftest import write_sums
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    records = load_qa_records(write_sums(tmp_path_factory.mktemp("d") / "s.jsonl", n=8))
-    examples, _ = tokenize_records(records, tokenizer, "{question}\n", 64, 16)
-    return model, tokenizer, records, examples, tokenizer.convert_tokens_to_ids(RESPONSE_START)
+    return tiny_sums_setup(tiny_model_dir, tmp_path_factory.mktemp("d") / "s.jsonl", n=8)
 
 
 def test_standard_error_is_sample_std_over_root_n():

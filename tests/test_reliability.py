@@ -19,7 +19,7 @@ from nrt.training.guards import DivergenceGuard, nonfinite_names, nonfinite_tens
 from nrt.training.metrics import append_line
 from nrt.training.run_record import RunLock, file_digest, option_changes
 from test_cli import SHORT_RUN
-from test_resume import metrics_of
+from test_resume import metrics_of, train_until_crash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -323,17 +323,7 @@ def test_resume_repairs_a_torn_last_metrics_line(tiny_model_dir, sums_file, tmp_
     options = dict(trainer__max_steps=4, trainer__save_steps=2)
     straight = make_trainer(tiny_model_dir, sums_file, tmp_path / "a", **options)
     straight.train()
-    crashing = make_trainer(tiny_model_dir, sums_file, tmp_path / "b", **options)
-    real_step = crashing.train_step
-
-    def step_then_crash():
-        if crashing.step == 3:
-            raise KeyboardInterrupt
-        return real_step()
-
-    crashing.train_step = step_then_crash
-    with pytest.raises(KeyboardInterrupt):
-        crashing.train()
+    train_until_crash(make_trainer(tiny_model_dir, sums_file, tmp_path / "b", **options), crash_at=3)
     out = tmp_path / "b" / "out"
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "reward_mean": 0.1')  # the torn tail of an append cut short

@@ -16,22 +16,27 @@ def metrics_of(out):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
+def train_until_crash(trainer, crash_at: int) -> None:
+    """trainer.train(), killed (KeyboardInterrupt) as step crash_at + 1 begins."""
+    real_step = trainer.train_step
+
+    def step_then_crash():
+        if trainer.step == crash_at:
+            raise KeyboardInterrupt
+        return real_step()
+
+    trainer.train_step = step_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+
+
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_model_dir, sums_file, tmp_path):
     options = dict(trainer__max_steps=5, trainer__save_steps=2, trainer__warmup_ratio=0.4)
     straight = make_trainer(tiny_model_dir, sums_file, tmp_path / "a", **options)
     straight.train()
 
-    crashing = make_trainer(tiny_model_dir, sums_file, tmp_path / "b", **options)
-    real_step = crashing.train_step
-
-    def step_then_crash():
-        if crashing.step == 3:  # dies during step 4, after checkpoint-2 and the metrics of step 3
-            raise KeyboardInterrupt
-        return real_step()
-
-    crashing.train_step = step_then_crash
-    with pytest.raises(KeyboardInterrupt):
-        crashing.train()
+    # dies during step 4, after checkpoint-2 and the metrics of step 3
+    train_until_crash(make_trainer(tiny_model_dir, sums_file, tmp_path / "b", **options), crash_at=3)
     out_b = tmp_path / "b" / "out"
     assert [m["step"] for m in metrics_of(out_b)] == [1, 2, 3]
 

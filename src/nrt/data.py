@@ -433,3 +433,36 @@ def _batch_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[li
         return_token_type_ids=False,
     )
     return enc["input_ids"]
+
+
+def read_examples(
+    path,
+    tokenizer,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    messages_field: str | None = None,
+    template: str = "{question}\n",
+    max_prompt_length: int = 10**6,
+    max_answer_length: int = 10**6,
+    skip_overlong: bool = False,
+    limit: int | None = None,
+    prepare=None,
+) -> tuple[list[QARecord], list[TokenizedExample], int]:
+    """`load_qa_records` then `tokenize_records` (the first `limit` records; `prepare` may change
+    them in between): (records, examples, skipped). Every problem is a one-line DataError: a bad
+    record, a prompt or chat template that cannot render one, a file that cannot be read."""
+    from jinja2 import TemplateError
+
+    try:
+        records = load_qa_records(path, question_field, answer_field, messages_field)[:limit]
+        if prepare is not None:
+            records = prepare(records)
+        examples, skipped = tokenize_records(records, tokenizer, template, max_prompt_length, max_answer_length,
+                                             skip_overlong)
+    except DataError:
+        raise
+    except (ValueError, TemplateError) as e:
+        raise DataError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    return records, examples, skipped

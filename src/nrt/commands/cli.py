@@ -25,8 +25,11 @@ from nrt.commands.usage import (  # noqa: F401  (re-exported for callers of main
     USAGE_ERROR,
     WRITE_FAILED,
     UsageError,
+    bbh_file,
+    check_report_path,
     fail,
     refuse_adapter_dir,
+    require_positive,
 )
 
 
@@ -161,33 +164,15 @@ def add_eval(sub) -> None:
 
 
 def run_eval(args) -> None:
-    from nrt.data import load_qa_records, tokenize_records
-    from nrt.evaluation.evaluate import default_bbh_dir
-    from nrt.model_loading import load_model, load_tokenizer
+    from nrt.data import read_examples
+    from nrt.model_loading import load_model, load_tokenizer, looks_local
 
     if args.bbh:
-        bbh_dir = Path(args.bbh_dir) if args.bbh_dir else default_bbh_dir()
-        path = bbh_dir / f"{args.bbh}.json"
-        if not path.is_file():
-            import difflib
-
-            tasks = sorted(p.stem for p in bbh_dir.glob("*.json"))
-            hint = difflib.get_close_matches(args.bbh, tasks, n=1)
-            fail(f"--bbh {args.bbh}: no such task in {bbh_dir}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        fields = ("input", "target")
+        path, fields = bbh_file(args.bbh, args.bbh_dir), ("input", "target")
     else:
         path, fields = Path(args.data), (args.question_field, args.answer_field)
-    for name in ("limit", "max_trace_tokens", "max_answer_tokens", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1")
+    require_positive(args, ("limit", "max_trace_tokens", "max_answer_tokens", "batch_size"))
     refuse_adapter_dir(args.model)
-    from jinja2 import TemplateError
-
-    from nrt.training.run_record import RunDirectoryError, check_writable
-
-    from nrt.model_loading import looks_local
-
     if args.model.endswith(".gguf"):
         reports = Path(args.model).parent / "eval"
     elif Path(args.model).is_dir() or looks_local(args.model):
@@ -195,20 +180,9 @@ def run_eval(args) -> None:
     else:  # a hub name: a folder named like it would shadow the hub model in later loads
         reports = Path("eval") / args.model.replace("/", "__")
     output = Path(args.output) if args.output else reports / f"{args.bbh or path.stem}.json"
-    try:  # before the work, so the results are never computed only to be lost
-        if output.is_dir():
-            raise RunDirectoryError(f"--output {output}: is a directory")
-        check_writable(output.parent, "--output")
-    except RunDirectoryError as e:
-        fail(str(e))
+    check_report_path(output)
     tokenizer = load_tokenizer(args.model)
-    try:
-        records = load_qa_records(path, *fields, messages_field=None)[: args.limit]
-        examples, _ = tokenize_records(records, tokenizer, args.prompt_template, 10**6, 10**6)
-    except (ValueError, TemplateError) as e:  # DataError, or a template that does not render
-        fail(str(e).splitlines()[0])
-    except OSError as e:
-        fail(f"{path}: cannot read ({e.strerror or e})")
+    records, examples, _ = read_examples(path, tokenizer, *fields, template=args.prompt_template, limit=args.limit)
 
     from nrt.evaluation.evaluate import EvalConfig, evaluate, write_report
     from nrt.tokens import ensure_response_start_token
@@ -260,7 +234,6 @@ def add_compare(sub) -> None:
 
 
 def run_compare(args) -> None:
-    from nrt.evaluation.evaluate import default_bbh_dir
     from nrt.experiments.compare import EvalFile, Experiment, run
     from nrt.presets import PRESETS
 
@@ -287,11 +260,8 @@ def run_compare(args) -> None:
         if not sep or not Path(path).is_file():
             fail(f"--eval {item!r}: expected NAME=FILE with an existing file")
         eval_sets.append(EvalFile(name, path))
-    bbh_dir = Path(args.bbh_dir) if args.bbh_dir else default_bbh_dir()
     for task in args.bbh:
-        if not (bbh_dir / f"{task}.json").is_file():
-            fail(f"--bbh {task}: no such task in {bbh_dir}")
-        eval_sets.append(EvalFile(f"bbh_{task}", str(bbh_dir / f"{task}.json"), "input", "target"))
+        eval_sets.append(EvalFile(f"bbh_{task}", str(bbh_file(task, args.bbh_dir)), "input", "target"))
     if not eval_sets:
         fail("give at least one --eval NAME=FILE or --bbh TASK")
     for path, flag in ((args.model, "--model"), (args.data, "--data"), (args.validation, "--validation")):

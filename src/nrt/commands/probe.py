@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nrt.commands.usage import fail, refuse_adapter_dir
+from nrt.commands.usage import bbh_file, check_report_path, fail, refuse_adapter_dir, require_positive
 
 
 def add_probe(sub) -> None:
@@ -51,59 +51,30 @@ def task_files(args) -> list[tuple[str, Path, tuple[str, str]]]:
         if not path.exists():
             fail(f"--data {path}: no such file or directory")
         return [(args.name or path.stem, path, (args.question_field, args.answer_field))]
-    from nrt.evaluation.evaluate import default_bbh_dir
-
-    bbh_dir = Path(args.bbh_dir) if args.bbh_dir else default_bbh_dir()
-    out = []
-    for task in args.bbh:
-        path = bbh_dir / f"{task}.json"
-        if not path.is_file():
-            import difflib
-
-            hint = difflib.get_close_matches(task, sorted(p.stem for p in bbh_dir.glob("*.json")), n=1)
-            fail(f"--bbh {task}: no such task in {bbh_dir}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        out.append((task, path, ("input", "target")))
-    return out
+    return [(task, bbh_file(task, args.bbh_dir), ("input", "target")) for task in args.bbh]
 
 
 def run_probe(args) -> None:
-    from nrt.data import load_qa_records, tokenize_records
-    from nrt.evaluation.probe import ProbeConfig, with_think_prompt
+    from nrt.data import read_examples
+    from nrt.evaluation.probe import ProbeConfig, probe, with_think_prompt
+    from nrt.model_loading import load_model, load_tokenizer
+    from nrt.tokens import ensure_response_start_token
+    from nrt.training.run_record import atomic_write_text
 
-    for name in ("limit", "samples", "max_trace_tokens", "max_answer_tokens", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1")
-    from nrt.training.run_record import check_writable
-
+    require_positive(args, ("limit", "samples", "max_trace_tokens", "max_answer_tokens", "batch_size"))
     output = Path(args.output)
-    if output.is_dir():
-        fail(f"--output {output}: is a directory; give a file name")
-    check_writable(output.parent, "--output")  # before the work: the results are never computed only to be lost
+    check_report_path(output)
     cfg = ProbeConfig(args.samples, args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed,
                       args.bf16, args.think_prompt)
     tasks = task_files(args)
-
-    from nrt.model_loading import load_model, load_tokenizer
-
     refuse_adapter_dir(args.model)
     tokenizer = load_tokenizer(args.model)
     data = {}
-    from jinja2 import TemplateError
-
     for name, path, fields in tasks:
-        try:
-            records = with_think_prompt(load_qa_records(path, *fields, messages_field=None)[: args.limit],
-                                        args.think_prompt)
-            examples, _ = tokenize_records(records, tokenizer, args.prompt_template, 10**6, 10**6)
-        except (ValueError, TemplateError) as e:  # DataError, or a template that does not render
-            fail(str(e).splitlines()[0])
-        except OSError as e:
-            fail(f"{path}: cannot read ({e.strerror or e})")
+        think = lambda records: with_think_prompt(records, args.think_prompt)  # noqa: E731
+        records, examples, _ = read_examples(path, tokenizer, *fields, template=args.prompt_template,
+                                             limit=args.limit, prepare=think)
         data[name] = (path, records, examples)
-
-    from nrt.evaluation.probe import probe
-    from nrt.tokens import ensure_response_start_token
 
     model = load_model(args.model).eval()
     rs = ensure_response_start_token(model, tokenizer)
@@ -115,9 +86,7 @@ def run_probe(args) -> None:
                                  "summary": summary, "examples": rows}
         print_probe(name, summary)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(output)
+    atomic_write_text(output, json.dumps(report, indent=1))
     print(f"report: {output}")
 
 

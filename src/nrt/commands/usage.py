@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 USAGE_ERROR = 2  # bad input: an option, a config file, a data record, a model path, an output directory
@@ -38,3 +39,35 @@ def refuse_adapter_dir(path: str) -> None:
     if is_adapter_dir(path):
         fail(f"--model {path}: holds a LoRA adapter, not a model; merge it first: "
              f"nrt export --model {path} --merge --output-dir DIR, then use DIR")
+
+
+def bbh_file(task: str, bbh_dir: str | None) -> Path:
+    """The BIG-Bench-Hard file of `task` in `bbh_dir` (default: nrt.evaluation.evaluate.default_bbh_dir);
+    fails naming the task and the closest existing one."""
+    from nrt.evaluation.evaluate import default_bbh_dir
+
+    directory = Path(bbh_dir) if bbh_dir else default_bbh_dir()
+    path = directory / f"{task}.json"
+    if not path.is_file():
+        import difflib
+
+        hint = difflib.get_close_matches(task, sorted(p.stem for p in directory.glob("*.json")), n=1)
+        fail(f"--bbh {task}: no such task in {directory}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    return path
+
+
+def require_positive(args, names: tuple[str, ...]) -> None:
+    """Each named integer option (None: unset) is at least 1, else one line naming it."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def check_report_path(output: Path) -> None:
+    """Before the work, so results are never computed only to be lost: a file name in a writable place."""
+    from nrt.training.run_record import check_writable
+
+    if output.is_dir():
+        fail(f"--output {output}: is a directory; give a file name")
+    check_writable(output.parent, "--output")

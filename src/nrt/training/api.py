@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from nrt.config import Config, apply_overrides, load_yaml, set_option, validate
-from nrt.data import TokenizedExample, load_qa_records, tokenize_records
-from nrt.errors import CollapseStop, ConfigError, DataError, Diverged, StoppedBySignal, WriteFailed
+from nrt.data import TokenizedExample, read_examples
+from nrt.errors import CollapseStop, ConfigError, Diverged, StoppedBySignal, WriteFailed
 from nrt.model_loading import ModelSource, check_model_fits, load_config, load_model, load_tokenizer
 from nrt.presets import preset_overrides
 from nrt.training.base import EvalSet, Trainer
@@ -63,21 +63,11 @@ def resolve_config(method: str | None = None, config_file: str | None = None, ov
 
 def load_examples(config: Config, tokenizer, path=None) -> tuple[list[TokenizedExample], list[str], int]:
     """Read and validate a whole dataset (before the model is loaded): (examples, references, skipped)."""
-    from jinja2 import TemplateError
-
     d = config.data
-    path = path or d.path
-    try:
-        records = load_qa_records(path, d.question_field, d.answer_field, d.messages_field or None)
-        examples, skipped = tokenize_records(
-            records, tokenizer, d.prompt_template, d.max_prompt_length, d.max_answer_length, d.skip_overlong
-        )
-    except DataError:
-        raise
-    except (ValueError, TemplateError) as e:  # a prompt or chat template that cannot render a record
-        raise DataError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    records, examples, skipped = read_examples(
+        path or d.path, tokenizer, d.question_field, d.answer_field, d.messages_field or None, d.prompt_template,
+        d.max_prompt_length, d.max_answer_length, d.skip_overlong,
+    )
     kept = {ex.source for ex in examples}
     return examples, [r.answer for r in records if r.source in kept], skipped
 

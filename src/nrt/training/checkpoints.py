@@ -164,7 +164,8 @@ class RunDirectory:
         self.accelerator.wait_for_everyone()
 
     def drop_checkpoints_from(self, step: int) -> Path | None:
-        """Remove the checkpoints of `step` and later (after a divergence); returns the newest kept."""
+        """Remove the checkpoints of `step` and later (after a divergence or a collapse); returns the
+        newest kept (on the main process)."""
         kept = None
         if self.is_main:
             for s, path in self.checkpoints():
@@ -193,17 +194,11 @@ class RunDirectory:
     def keep_healthy(self, unhealthy_since: int, tokenizer, config) -> Path | None:
         """After a collapse: drop checkpoints from step `unhealthy_since` on and make the newest
         remaining one the run's final model. Returns that checkpoint, or None if there is none."""
-        healthy = None
-        if self.is_main:
-            for step, path in self.checkpoints():
-                if step >= unhealthy_since:
-                    shutil.rmtree(path)
-                else:
-                    healthy = path
-            if healthy is not None:
-                for item in healthy.iterdir():
-                    if item.is_file() and item.name != "trainer_state.json":
-                        shutil.copy2(item, self.path / item.name)
+        healthy = self.drop_checkpoints_from(unhealthy_since)
+        if self.is_main and healthy is not None:
+            for item in healthy.iterdir():
+                if item.is_file() and item.name != "trainer_state.json":
+                    shutil.copy2(item, self.path / item.name)
         self.accelerator.wait_for_everyone()
         return healthy
 
