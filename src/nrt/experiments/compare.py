@@ -134,7 +134,7 @@ def train(exp: Experiment, method: str, seed: int) -> dict:
 
 def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str, dict]:
     """Evaluate one model on every evaluation set (cached per set); name -> summary."""
-    from nrt.data import load_qa_records, tokenize_records
+    from nrt.data import read_examples
     from nrt.evaluation.evaluate import EvalConfig, evaluate, write_report
     from nrt.model_loading import load_model, load_tokenizer
     from nrt.tokens import ensure_response_start_token
@@ -153,8 +153,7 @@ def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str,
             tokenizer = load_tokenizer(model_dir)
             model = load_model(model_dir).eval()
             rs = ensure_response_start_token(model, tokenizer)
-        records = load_qa_records(s.path, s.question_field, s.answer_field, messages_field=None)
-        examples, _ = tokenize_records(records, tokenizer, "{question}\n", 10**6, 10**6)
+        records, examples, _ = read_examples(s.path, tokenizer, s.question_field, s.answer_field)
         cfg = EvalConfig(exp.max_trace_tokens, exp.max_answer_tokens)
         summary, rows = evaluate(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
         write_report(path, summary, rows, {"model": str(model_dir), "data": s.path, "key": key})
