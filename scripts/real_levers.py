@@ -74,7 +74,10 @@ def main(argv=None) -> None:
     p.add_argument("--output", default="docs/real_levers.md")
     args = p.parse_args(argv)
     at = sorted({1, *range(args.steps // 4, args.steps + 1, args.steps // 4)})
-    rows = [row(name, run_variant(name, args), at) for name in args.variants]
+    try:
+        rows = [row(name, run_variant(name, args), at) for name in args.variants]
+    except nrt.NRTError as e:  # a bad option, data file or model: one line, as `nrt train` says it
+        sys.exit(f"real_levers: error: {e}")
     header = ["variant", "overrides", *[f"step {s}" for s in at], "collapse detector"]
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                        *["| " + " | ".join(r) + " |" for r in rows]])
