@@ -1,13 +1,19 @@
 """NRT on a real pretrained model (SmolLM2-135M-Instruct): one lever changed at a time, measured.
 
-    python scripts/real_levers.py --variants default recipe_lr kl --steps 100 [--task boolean_expressions]
+    python scripts/real_levers.py --data DIR/multistep_arithmetic_two/train.jsonl \
+        --validation DIR/multistep_arithmetic_two/validation.jsonl --variants default recipe_lr kl --steps 100
 
 Trains on the gym's generated Q&A pairs of one BBH-format task (`nrt gym data`; never BBH items),
 one seed, through the library (`nrt.train`), and writes a markdown table (answer log-likelihood
 after a sampled trace and without one, mean trace length, at several steps; the collapse
 detector's verdict) to `--output` (default docs/real_levers.md), with the command that made it.
+With `--validation`, each final model is probed (`nrt probe`) on the first 64 questions of that
+gym validation split (K=4 sampled traces): its reasoning gain with the standard error, and
+accuracy. The variants are ranked by that validation gain, among those that kept thinking
+(`kept_thinking`); nothing here reads an evaluation item.
 Every run shares the base settings below; a variant overrides some of them. Resumable: a
-finished run (its metrics reach the last step) is read, not trained again.
+finished run (its metrics reach the last step) is read, not trained again; a probe report is
+read, not probed again.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +33,7 @@ BASE = [  # REAL_MODEL_NOTES' setting: K=4, 16 sequences per step, 96-token trac
     "trainer.bf16=true", "method.prefix_loss_coef=0.3", "trainer.warmup_ratio=0.05", "trainer.save_steps=1000",
     "data.max_answer_length=16", "trainer.learning_rate=1e-5",
 ]
+THINK_PROMPT = "Think step by step, then give the answer."
 VARIANTS = {
     "default": [],
     "recipe_lr": ["trainer.learning_rate=2e-6"],  # the official recipe's learning rate
@@ -33,7 +41,34 @@ VARIANTS = {
     "answer_off": ["method.answer_loss=off"],
     "prefix_1": ["method.prefix_loss_coef=1.0"],
     "temperature_0.7": ["trainer.temperature=0.7"],
+    "answer_reward": ["method.answer_loss=reward"],  # VeriFree's answer term: weighted by the trace's reward
+    "format_warmup": ["trainer.format_warmup_steps=10"],  # 10 SFT steps on <|response_start|> + answer first
+    "think_prompt": [f"data.think_prompt={THINK_PROMPT}"],
 }
+PROBE = ["--limit", "64", "--samples", "4", "--max-trace-tokens", "96", "--max-answer-tokens", "16", "--bf16"]
+
+
+def think_prompt_of(overrides: list[str]) -> str:
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("data.think_prompt=")), "")
+
+
+def validation_probe(model: str, name: str, overrides: list[str], args) -> dict:
+    """`nrt probe` of `model` on the validation split, with the run's own think prompt; cached."""
+    report = Path(args.runs) / "probes" / f"{name}.json"
+    if not report.is_file():
+        command = [sys.executable, "-m", "nrt", "probe", "--model", model, "--data", args.validation,
+                   "--name", "validation", "--output", str(report), "--seed", str(args.seed), *PROBE]
+        if think_prompt_of(overrides):
+            command += ["--think-prompt", think_prompt_of(overrides)]
+        subprocess.run(command, check=True)
+    return json.loads(report.read_text())["tasks"]["validation"]["summary"]
+
+
+def kept_thinking(records: list[dict]) -> bool:
+    """The issue's bar: detector silent, and the last step's mean trace length at least half the first's."""
+    traced = [r for r in records if "trace_length_mean" in r]
+    return (not any(r.get("collapse_detected") for r in records)
+            and traced[-1]["trace_length_mean"] >= 0.5 * traced[0]["trace_length_mean"])
 
 
 def run_variant(name: str, args) -> list[dict]:
@@ -53,14 +88,21 @@ def run_variant(name: str, args) -> list[dict]:
 
 def row(name: str, records: list[dict], at: list[int]) -> list[str]:
     by_step = {r["step"]: r for r in records if "answer_logprob" in r}
+    first_traced = min(by_step)  # step 1, or the first step after a format warm-up
     cells = []
     for s in at:
-        r = by_step.get(s)
+        r = by_step.get(max(s, first_traced))
         cells.append(f"{r['answer_logprob']:.1f} / {r['answer_logprob_no_trace']:.1f}, {r['trace_length_mean']:.0f}"
                      if r else "")
     collapsed = [r["step"] for r in records if r.get("collapse_detected")]
     return [f"`{name}`", " ".join(VARIANTS[name]) or "(base)", *cells,
-            f"warned at {collapsed[0]}" if collapsed else "silent"]
+            f"warned at {collapsed[0]}" if collapsed else "silent", "yes" if kept_thinking(records) else "no"]
+
+
+def probe_cells(summary: dict) -> list[str]:
+    return [f"{summary['reasoning_gain']:+.2f} ± {summary['reasoning_gain_se']:.2f}",
+            f"{summary['sampled_trace_length']:.0f}",
+            f"{summary['think_accuracy']:.1%}", f"{summary['direct_accuracy']:.1%}"]
 
 
 def main(argv=None) -> None:
@@ -70,25 +112,45 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=MODEL)
     p.add_argument("--data", required=True, help="a gym train split, e.g. DIR/boolean_expressions/train.jsonl")
+    p.add_argument("--validation", help="the gym validation split of the same task: probe every final model on it")
     p.add_argument("--runs", default="artifacts/real_levers")
     p.add_argument("--output", default="docs/real_levers.md")
     args = p.parse_args(argv)
     at = sorted({1, *range(args.steps // 4, args.steps + 1, args.steps // 4)})
     try:
-        rows = [row(name, run_variant(name, args), at) for name in args.variants]
+        runs = {name: run_variant(name, args) for name in args.variants}
     except nrt.NRTError as e:  # a bad option, data file or model: one line, as `nrt train` says it
         sys.exit(f"real_levers: error: {e}")
-    header = ["variant", "overrides", *[f"step {s}" for s in at], "collapse detector"]
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                       *["| " + " | ".join(r) + " |" for r in rows]])
+    rows = [row(name, records, at) for name, records in runs.items()]
+    header = ["variant", "overrides", *[f"step {s}" for s in at], "collapse detector", "kept thinking"]
+    table = markdown_table(header, rows)
+    validation = ""
+    if args.validation:
+        probes = {"(untrained)": validation_probe(args.model, "untrained", [], args)}
+        probes |= {name: validation_probe(str(Path(args.runs) / name), name, VARIANTS[name], args) for name in runs}
+        kept = sorted((n for n in runs if kept_thinking(runs[n])), key=lambda n: -probes[n]["reasoning_gain"])
+        vrows = [[f"`{n}`", *probe_cells(probes[n])] for n in probes]
+        validation = (
+            f"\n## On the validation split\n\nEach final model probed on the first 64 questions of `{args.validation}`"
+            f" (`nrt probe {' '.join(PROBE)}`, the run's think prompt if it has one): reasoning gain (nats, ± standard"
+            " error over questions), mean sampled trace length, forced-think and direct accuracy.\n\n"
+            + markdown_table(["model", "reasoning gain", "trace length", "think acc", "direct acc"], vrows)
+            + "\n\nRanked by validation gain among the runs that kept thinking (detector silent, last trace length at"
+            f" least half the first): {', '.join(f'`{n}`' for n in kept) or 'none'}.\n")
     command = "python scripts/real_levers.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = (f"# NRT on SmolLM2-135M-Instruct: levers, one at a time\n\nProduced by `{command}`.\n\n"
             f"Base settings for every run: `{' '.join(BASE)}`, seed {args.seed}, data `{args.data}` (generated by "
             "`nrt gym data`, no BBH item). Each cell: answer log-likelihood after a sampled trace / without one "
-            "(nats, summed over answer tokens), then mean trace length (tokens). The model's weights are 4-bit "
-            "quantised then dequantised (docs/REAL_MODEL.md).\n\n" + table + "\n")
+            "(nats, summed over answer tokens), then mean trace length (tokens); with a format warm-up the step-1 "
+            "column is the first NRT step. The model's weights are 4-bit quantised then dequantised "
+            "(docs/REAL_MODEL.md).\n\n" + table + "\n" + validation)
     Path(args.output).write_text(text)
     print(text)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *["| " + " | ".join(r) + " |" for r in rows]])
 
 
 if __name__ == "__main__":

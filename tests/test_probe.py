@@ -13,7 +13,8 @@ from nrt.commands.cli import main
 from nrt.data import QARecord, tokenize_records
 from nrt.engine.sampling import question_seed
 from nrt.evaluation.evaluate import answer_logprobs
-from nrt.evaluation.probe import ProbeConfig, mean_and_standard_error, probe, with_think_prompt
+from nrt.data import with_think_prompt
+from nrt.evaluation.probe import ProbeConfig, mean_and_standard_error, probe
 
 from conftest import tiny_sums_setup  # the tests folder is on the path (pytest rootdir conftest)
 

@@ -140,3 +140,63 @@ def test_sft_step_minimises_mean_nll_of_marker_and_answer(tiny_model_dir, sums_f
     assert metrics["loss"] == pytest.approx(nll / count, rel=1e-4)
     after = trainer.train_step()
     assert after["step"] == 2 and "reasoning_gain" not in after
+
+
+def test_format_warmup_steps_train_the_answer_format_then_nrt(tiny_model_dir, sums_file, tmp_path, monkeypatch):
+    trainer = make_trainer(tiny_model_dir, sums_file, tmp_path, trainer__format_warmup_steps=1,
+                           trainer__warmup_ratio=0.0)
+    chunk = trainer.micro_batches(0)[0]
+    assert len(chunk) == 2  # NRT's stream: 8 sequences per micro-batch = 2 questions x K=4
+    model = trainer.model
+    nll, count = 0.0, 0
+    with torch.no_grad():  # independent NLL of [rs][answer][eos] after each question, float64
+        for q in chunk:
+            ids = q.example.prompt_ids + [trainer.response_start_id] + q.example.answer_ids
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+            targets = torch.tensor(ids[len(q.example.prompt_ids):])
+            logp = torch.log_softmax(logits[len(q.example.prompt_ids) - 1 : -1], -1)
+            nll -= logp.gather(1, targets[:, None]).sum().item()
+            count += len(targets)
+    sampled = []
+    real_sample = trainer.sample
+    monkeypatch.setattr(trainer, "sample", lambda chunk: sampled.append(chunk) or real_sample(chunk))
+    warmup = trainer.train_step()
+    assert warmup["format_warmup"] == 1.0 and warmup["loss"] == pytest.approx(nll / count, rel=1e-4)
+    assert not sampled and "trace_length_mean" not in warmup  # no traces, so the collapse detector skips it
+    after = trainer.train_step()
+    assert sampled and "format_warmup" not in after and "reasoning_gain" in after
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"method.objective": "sft", "trainer.format_warmup_steps": 2}, "is for method.objective=nrt"),
+    ({"trainer.max_steps": 5, "trainer.format_warmup_steps": 5}, "leaves no NRT step"),
+    ({"trainer.format_warmup_steps": -1}, "trainer.format_warmup_steps=-1: must be at least 0"),
+])
+def test_format_warmup_steps_checked(tmp_path, sums_file, overrides, message):
+    from nrt.config import validate
+    from nrt.errors import ConfigError
+
+    config = Config()
+    config.model.model_name_or_path, config.data.path = "m", sums_file
+    config.trainer.output_dir, config.trainer.max_steps = str(tmp_path), 10
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_think_prompt_is_appended_to_every_training_question(tiny_model_dir, sums_file):
+    from nrt.training.api import load_examples
+
+    config = Config()
+    config.data.path = sums_file
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plain, _, _ = load_examples(config, tokenizer)
+    config.data.think_prompt = "Think step by step."
+    prompted, references, _ = load_examples(config, tokenizer)
+    records = load_qa_records(sums_file)
+    assert references == [r.answer for r in records]
+    for ex, rec, before in zip(prompted, records, plain):
+        assert tokenizer.decode(ex.prompt_ids, skip_special_tokens=True).endswith(f"{rec.prompt}\nThink step by step.\n")
+        assert ex.answer_ids == before.answer_ids

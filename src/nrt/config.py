@@ -65,6 +65,10 @@ class DataConfig:
     max_answer_length: int = opt(512, "longest reference answer in tokens, eos included")
     skip_overlong: bool = opt(False, "skip and count over-long records instead of stopping with an error")
     eval_path: str | None = opt(None, "validation Q&A data, same formats; evaluated every trainer.eval_steps")
+    think_prompt: str = opt(
+        "", "text appended on a new line to every question (to the last user turn of chat data), e.g. \"Think step "
+        "by step.\"; the same as `nrt probe --think-prompt`; evaluate such a model with the same prompt"
+    )
 
 
 @dataclass
@@ -77,6 +81,10 @@ class TrainerConfig:
     adam_epsilon: float = opt(1e-15, "AdamW epsilon (recipe 1e-15)")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_ratio: float = opt(0.1, "share of steps with a linear learning-rate warmup")
+    format_warmup_steps: int = opt(
+        0, "the first N steps of an NRT run train the answer format only: the SFT loss on <|response_start|> + "
+        "answer right after the question, no traces sampled (a pretrained model has never seen the marker)"
+    )
     lr_scheduler_type: Literal[
         "constant_with_warmup", "constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt"
     ] = opt("constant_with_warmup", "transformers scheduler after warmup (those that need no extra arguments)")
@@ -295,6 +303,11 @@ def validate(config: Config) -> None:
                               "without dropout: rewards are read off the update's own forward pass)")
         if not [m for m in mc.lora_target_modules.split(",") if m.strip()]:
             raise ConfigError("model.lora_target_modules is empty; use 'all-linear' or module names like q_proj,v_proj")
+    if t.format_warmup_steps and config.method.objective != "nrt":
+        raise ConfigError("trainer.format_warmup_steps is for method.objective=nrt (an SFT run is all format)")
+    if t.max_steps > 0 and t.format_warmup_steps >= t.max_steps:
+        raise ConfigError(f"trainer.format_warmup_steps={t.format_warmup_steps} leaves no NRT step: it must be below "
+                          f"trainer.max_steps={t.max_steps}")
     if t.max_steps == 0 or t.max_steps < -1 or (t.max_steps == -1 and t.num_train_epochs <= 0):
         raise ConfigError("trainer.max_steps must be positive, or -1 with trainer.num_train_epochs > 0")
 
@@ -310,6 +323,7 @@ RANGES = {
     "trainer.adam_epsilon": (0, None, True, True),
     "trainer.weight_decay": (0, None, True, True),
     "trainer.warmup_ratio": (0, 1, True, True),
+    "trainer.format_warmup_steps": (0, None, True, True),
     "trainer.max_grad_norm": (0, None, False, True),
     "trainer.num_train_epochs": (0, None, False, True),
     "trainer.gradient_accumulation_steps": (1, None, True, True),

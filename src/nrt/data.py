@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -314,6 +314,24 @@ def render_prompt(tokenizer, prompt: str | list[dict], template: str = "{questio
     if isinstance(prompt, str):
         return template.format(question=prompt)
     return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
+
+
+def with_think_prompt(records: list[QARecord], think_prompt: str) -> list[QARecord]:
+    """The records with `think_prompt` appended to the question (to the last user turn of chat
+    records) on a new line; unchanged when it is empty."""
+    if not think_prompt:
+        return list(records)
+    out = []
+    for rec in records:
+        if isinstance(rec.prompt, str):
+            prompt = f"{rec.prompt}\n{think_prompt}"
+        else:
+            messages = [dict(m) for m in rec.prompt]
+            last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[last_user]["content"] = f"{messages[last_user]['content']}\n{think_prompt}"
+            prompt = messages
+        out.append(replace(rec, prompt=prompt))
+    return out
 
 
 # --------------------------------------------------------------------------- tokens

@@ -56,7 +56,8 @@ def task_files(args) -> list[tuple[str, Path, tuple[str, str]]]:
 
 def run_probe(args) -> None:
     from nrt.data import read_examples
-    from nrt.evaluation.probe import ProbeConfig, probe, with_think_prompt
+    from nrt.data import with_think_prompt
+    from nrt.evaluation.probe import ProbeConfig, probe
     from nrt.model_loading import load_model, load_tokenizer
     from nrt.tokens import ensure_response_start_token
     from nrt.training.run_record import atomic_write_text

@@ -23,11 +23,11 @@ by sqrt(n); NaN for fewer than two questions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from nrt.data import QARecord, TokenizedExample
+from nrt.data import TokenizedExample
 from nrt.engine.answer_rows import RowKind, decode_rows
 from nrt.engine.sampling import question_seed
 from nrt.errors import ConfigError
@@ -52,24 +52,6 @@ class ProbeConfig:
         for name in ("samples", "max_trace_tokens", "max_answer_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-
-def with_think_prompt(records: list[QARecord], think_prompt: str) -> list[QARecord]:
-    """The records with `think_prompt` appended to the question (to the last user turn of chat
-    records) on a new line; unchanged when it is empty."""
-    if not think_prompt:
-        return list(records)
-    out = []
-    for rec in records:
-        if isinstance(rec.prompt, str):
-            prompt = f"{rec.prompt}\n{think_prompt}"
-        else:
-            messages = [dict(m) for m in rec.prompt]
-            last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-            messages[last_user]["content"] = f"{messages[last_user]['content']}\n{think_prompt}"
-            prompt = messages
-        out.append(replace(rec, prompt=prompt))
-    return out
 
 
 def mean_and_standard_error(values: list[float]) -> tuple[float, float]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from nrt.config import Config, apply_overrides, load_yaml, set_option, validate
-from nrt.data import TokenizedExample, read_examples
+from nrt.data import TokenizedExample, read_examples, with_think_prompt
 from nrt.errors import CollapseStop, ConfigError, Diverged, StoppedBySignal, WriteFailed
 from nrt.model_loading import ModelSource, check_model_fits, load_config, load_model, load_tokenizer
 from nrt.presets import preset_overrides
@@ -67,6 +67,7 @@ def load_examples(config: Config, tokenizer, path=None) -> tuple[list[TokenizedE
     records, examples, skipped = read_examples(
         path or d.path, tokenizer, d.question_field, d.answer_field, d.messages_field or None, d.prompt_template,
         d.max_prompt_length, d.max_answer_length, d.skip_overlong,
+        prepare=lambda records: with_think_prompt(records, d.think_prompt),
     )
     kept = {ex.source for ex in examples}
     return examples, [r.answer for r in records if r.source in kept], skipped

@@ -23,30 +23,44 @@ class SFTLoss:
     loss: torch.Tensor
 
 
+def answer_only_loss(model, examples, response_start_id: int, pad_id: int, device,
+                     engine) -> tuple[SFTLoss, torch.Tensor]:
+    """The SFT loss of one micro-batch: (mean NLL of [<|response_start|>, y*, eos] right after the
+    question, the detached answer log-likelihood per question [Q], summed over y* and eos)."""
+    batch, _, _ = no_trace_batch([e.prompt_ids for e in examples], [e.answer_ids for e in examples],
+                                 response_start_id, pad_id, device)
+    logprobs, _ = completion_logprobs(model, batch, engine=engine)
+    mask = batch.completion_mask
+    answer_logprob = (logprobs.detach() * mask)[:, 1:].sum(-1)  # column 0: <|response_start|>
+    return SFTLoss(-(logprobs * mask).sum() / mask.sum()), answer_logprob
+
+
+def sft_step(trainer: Trainer) -> dict:
+    """One SFT step of `trainer` on its question stream (the SFT baseline, and NRT's format warm-up)."""
+    chunks = trainer.micro_batches(trainer.step)
+    tick = time.perf_counter()
+    answer_logprob = []
+
+    def loss_of(j: int) -> SFTLoss:
+        loss, logprob = answer_only_loss(trainer.model, [q.example for q in chunks[j]], trainer.response_start_id,
+                                         trainer.pad_id, trainer.accelerator.device, trainer.engine)
+        answer_logprob.append(logprob)
+        return loss
+
+    losses, update_stats = trainer.optimizer_updates(loss_of)
+    trainer.step += 1
+    return {
+        "step": trainer.step,
+        **trainer.update_metrics(losses, update_stats, ("loss",)),
+        "answer_logprob_no_trace": float(trainer.accelerator.gather(torch.cat(answer_logprob)).mean()),
+        "time_update": time.perf_counter() - tick,
+    }
+
+
 class SFTTrainer(Trainer):
     def __init__(self, config, model, tokenizer, examples, accelerator=None, eval_set=None, engine=None):
         super().__init__(config, model, tokenizer, examples, accelerator, eval_set, engine)
         self.register_state([self.collapse, self.best, self.divergence])
 
     def train_step(self) -> dict:
-        chunks = self.micro_batches(self.step)
-        tick = time.perf_counter()
-        answer_logprob = []
-
-        def loss_of(j: int) -> SFTLoss:
-            examples = [q.example for q in chunks[j]]
-            batch, _, _ = no_trace_batch([e.prompt_ids for e in examples], [e.answer_ids for e in examples],
-                                         self.response_start_id, self.pad_id, self.accelerator.device)
-            logprobs, _ = completion_logprobs(self.model, batch, engine=self.engine)
-            mask = batch.completion_mask
-            answer_logprob.append((logprobs.detach() * mask)[:, 1:].sum(-1))  # column 0: <|response_start|>
-            return SFTLoss(-(logprobs * mask).sum() / mask.sum())
-
-        losses, update_stats = self.optimizer_updates(loss_of)
-        self.step += 1
-        return {
-            "step": self.step,
-            **self.update_metrics(losses, update_stats, ("loss",)),
-            "answer_logprob_no_trace": float(self.accelerator.gather(torch.cat(answer_logprob)).mean()),
-            "time_update": time.perf_counter() - tick,
-        }
+        return sft_step(self)

@@ -35,6 +35,7 @@ from nrt.scoring import score_traces
 from nrt.shaping import EmaStdFilter
 from nrt.training.base import EvalSet, Question, Trainer  # noqa: F401  (EvalSet: part of this module's API)
 from nrt.training.peft_model import AdaptersDisabled
+from nrt.training.sft import sft_step
 from nrt.training.stats import TraceStats
 
 LOSS_TERMS = ("loss", "trace_loss", "prefix_loss", "answer_loss", "kl", "clip_fraction")
@@ -74,6 +75,8 @@ class NRTTrainer(Trainer):
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict:
+        if self.step < self.config.trainer.format_warmup_steps:  # the answer format first, no traces
+            return {**sft_step(self), "format_warmup": 1.0}
         chunks = self.micro_batches(self.step)
         timer = {}
 
