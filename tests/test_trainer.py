@@ -149,12 +149,12 @@ def test_format_warmup_steps_train_the_answer_format_then_nrt(tiny_model_dir, su
     assert len(chunk) == 2  # NRT's stream: 8 sequences per micro-batch = 2 questions x K=4
     model = trainer.model
     nll, count = 0.0, 0
-    with torch.no_grad():  # independent NLL of [rs][answer][eos] after each question, float64
+    with torch.no_grad():  # independent NLL of [answer][eos] after each question and rs, float64
         for q in chunk:
             ids = q.example.prompt_ids + [trainer.response_start_id] + q.example.answer_ids
             logits = model(input_ids=torch.tensor([ids])).logits[0].double()
-            targets = torch.tensor(ids[len(q.example.prompt_ids):])
-            logp = torch.log_softmax(logits[len(q.example.prompt_ids) - 1 : -1], -1)
+            targets = torch.tensor(ids[len(q.example.prompt_ids) + 1:])  # the marker is given, not trained
+            logp = torch.log_softmax(logits[len(q.example.prompt_ids) : -1], -1)
             nll -= logp.gather(1, targets[:, None]).sum().item()
             count += len(targets)
     sampled = []
@@ -198,5 +198,6 @@ def test_think_prompt_is_appended_to_every_training_question(tiny_model_dir, sum
     records = load_qa_records(sums_file)
     assert references == [r.answer for r in records]
     for ex, rec, before in zip(prompted, records, plain):
-        assert tokenizer.decode(ex.prompt_ids, skip_special_tokens=True).endswith(f"{rec.prompt}\nThink step by step.\n")
+        text = tokenizer.decode(ex.prompt_ids, skip_special_tokens=True)
+        assert text.endswith(f"{rec.prompt}\nThink step by step.\n")
         assert ex.answer_ids == before.answer_ids

@@ -82,8 +82,9 @@ class TrainerConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_ratio: float = opt(0.1, "share of steps with a linear learning-rate warmup")
     format_warmup_steps: int = opt(
-        0, "the first N steps of an NRT run train the answer format only: the SFT loss on <|response_start|> + "
-        "answer right after the question, no traces sampled (a pretrained model has never seen the marker)"
+        0, "the first N steps of an NRT run train the answer format only: the NLL of the answer after the question "
+        "and a given <|response_start|> (the marker itself untrained, else the model learns to skip thinking), no "
+        "traces sampled (a pretrained model has never seen the marker)"
     )
     lr_scheduler_type: Literal[
         "constant_with_warmup", "constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt"

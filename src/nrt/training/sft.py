@@ -23,27 +23,32 @@ class SFTLoss:
     loss: torch.Tensor
 
 
-def answer_only_loss(model, examples, response_start_id: int, pad_id: int, device,
-                     engine) -> tuple[SFTLoss, torch.Tensor]:
+def answer_only_loss(model, examples, response_start_id: int, pad_id: int, device, engine,
+                     train_marker: bool = True) -> tuple[SFTLoss, torch.Tensor]:
     """The SFT loss of one micro-batch: (mean NLL of [<|response_start|>, y*, eos] right after the
-    question, the detached answer log-likelihood per question [Q], summed over y* and eos)."""
+    question, the detached answer log-likelihood per question [Q], summed over y* and eos).
+    With `train_marker` False the marker is given but not trained: only [y*, eos] count."""
     batch, _, _ = no_trace_batch([e.prompt_ids for e in examples], [e.answer_ids for e in examples],
                                  response_start_id, pad_id, device)
     logprobs, _ = completion_logprobs(model, batch, engine=engine)
-    mask = batch.completion_mask
+    mask = batch.completion_mask.clone()
     answer_logprob = (logprobs.detach() * mask)[:, 1:].sum(-1)  # column 0: <|response_start|>
+    if not train_marker:
+        mask[:, 0] = 0
     return SFTLoss(-(logprobs * mask).sum() / mask.sum()), answer_logprob
 
 
-def sft_step(trainer: Trainer) -> dict:
-    """One SFT step of `trainer` on its question stream (the SFT baseline, and NRT's format warm-up)."""
+def sft_step(trainer: Trainer, train_marker: bool = True) -> dict:
+    """One SFT step of `trainer` on its question stream: the SFT baseline, and NRT's format
+    warm-up (`train_marker=False`: learning to emit the marker right after the question would
+    be learning not to think)."""
     chunks = trainer.micro_batches(trainer.step)
     tick = time.perf_counter()
     answer_logprob = []
 
     def loss_of(j: int) -> SFTLoss:
         loss, logprob = answer_only_loss(trainer.model, [q.example for q in chunks[j]], trainer.response_start_id,
-                                         trainer.pad_id, trainer.accelerator.device, trainer.engine)
+                                         trainer.pad_id, trainer.accelerator.device, trainer.engine, train_marker)
         answer_logprob.append(logprob)
         return loss
 

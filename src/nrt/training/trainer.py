@@ -76,7 +76,7 @@ class NRTTrainer(Trainer):
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict:
         if self.step < self.config.trainer.format_warmup_steps:  # the answer format first, no traces
-            return {**sft_step(self), "format_warmup": 1.0}
+            return {**sft_step(self, train_marker=False), "format_warmup": 1.0}
         chunks = self.micro_batches(self.step)
         timer = {}
 
