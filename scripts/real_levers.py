@@ -25,11 +25,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 import nrt
 
 MODEL = "artifacts/models/smollm2-135m-instruct/hf"
-BASE = [  # REAL_MODEL_NOTES' setting: K=4, 16 sequences per step, 96-token traces, bf16, prefix coefficient 0.3
-    "trainer.num_generations=4", "trainer.per_device_train_batch_size=16", "trainer.max_completion_length=96",
+BASE = [  # K=4, 8 sequences (2 questions) per step, 96-token traces, bf16, prefix coefficient 0.3
+    "trainer.num_generations=4", "trainer.per_device_train_batch_size=8", "trainer.max_completion_length=96",
     "trainer.bf16=true", "method.prefix_loss_coef=0.3", "trainer.warmup_ratio=0.05", "trainer.save_steps=1000",
     "data.max_answer_length=16", "trainer.learning_rate=1e-5",
 ]
@@ -71,19 +73,26 @@ def kept_thinking(records: list[dict]) -> bool:
             and traced[-1]["trace_length_mean"] >= 0.5 * traced[0]["trace_length_mean"])
 
 
-def run_variant(name: str, args) -> list[dict]:
-    out = Path(args.runs) / name
-    metrics = out / "metrics.jsonl"
+def train_run(out: Path, method: str, overrides: list[str], model: str, data: str) -> list[dict]:
+    """Train (or resume) one run through `nrt.train` and return its metrics records. A finished run
+    whose saved config is this one is read, not trained again; one with another config is an error."""
+    config = nrt.resolve_config(method, model=model, data=data, output_dir=str(out), overrides=overrides)
+    metrics, saved = out / "metrics.jsonl", out / "config.yaml"
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-    if not records or records[-1].get("step") != args.steps:
-        overrides = [*BASE, *VARIANTS[name], f"trainer.max_steps={args.steps}", f"trainer.seed={args.seed}"]
-        config = nrt.resolve_config("nrt", model=args.model, data=args.data, output_dir=str(out), overrides=overrides)
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != config.to_dict():
+        sys.exit(f"real_levers: error: {out} holds a run of another config; move it away or pick another --runs")
+    if not records or records[-1].get("step") != config.trainer.max_steps:
         try:
             nrt.train(config, resume=out.is_dir() and any(out.glob("checkpoint-*")))
         except nrt.CollapseStop:
             pass
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
     return records
+
+
+def run_variant(name: str, args) -> list[dict]:
+    overrides = [*BASE, *VARIANTS[name], f"trainer.max_steps={args.steps}", f"trainer.seed={args.seed}"]
+    return train_run(Path(args.runs) / name, "nrt", overrides, args.model, args.data)
 
 
 def row(name: str, records: list[dict], at: list[int]) -> list[str]:
@@ -113,9 +122,11 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=MODEL)
     p.add_argument("--data", required=True, help="a gym train split, e.g. DIR/boolean_expressions/train.jsonl")
     p.add_argument("--validation", help="the gym validation split of the same task: probe every final model on it")
-    p.add_argument("--runs", default="artifacts/real_levers")
+    p.add_argument("--runs", default=None, help="run directories (default artifacts/real/seed{SEED}: shared with "
+                   "scripts/real.py, which reads a finished run of the same config instead of training it again)")
     p.add_argument("--output", default="docs/real_levers.md")
     args = p.parse_args(argv)
+    args.runs = args.runs or f"artifacts/real/seed{args.seed}"
     at = sorted({1, *range(args.steps // 4, args.steps + 1, args.steps // 4)})
     try:
         runs = {name: run_variant(name, args) for name in args.variants}
