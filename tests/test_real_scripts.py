@@ -1,0 +1,58 @@
+"""scripts/real_levers.py and scripts/real.py: the verdicts and data steps their reports rest on."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load(name: str):
+    sys.path.insert(0, str(SCRIPTS))  # real.py imports real_levers as a sibling
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def records(lengths, collapse_at=None, warmup=0):
+    out = [{"step": i + 1, "loss": 1.0, "format_warmup": 1.0} for i in range(warmup)]
+    for i, x in enumerate(lengths):
+        step = warmup + i + 1
+        flag = {"collapse_detected": 1.0} if step == collapse_at else {}
+        out.append({"step": step, "trace_length_mean": x, **flag})
+    return out
+
+
+def test_kept_thinking_needs_a_silent_detector_and_half_the_first_trace_length():
+    levers = load("real_levers")
+    assert levers.kept_thinking(records([60, 40, 30]))
+    assert not levers.kept_thinking(records([60, 40, 29]))  # below half of 60
+    assert not levers.kept_thinking(records([60, 40, 50], collapse_at=2))  # the detector fired once
+    # after a format warm-up the first NRT step is the reference (warm-up steps have no traces)
+    assert levers.kept_thinking(records([40, 30, 20], warmup=3))
+
+
+def test_gsm8k_final_answer_is_the_number_after_the_marks(tmp_path):
+    real = load("real")
+    source = tmp_path / "test.jsonl"
+    source.write_text(json.dumps({"question": "Q1?", "answer": "2 + 2 = <<2+2=4>>4\n#### 1,234"}) + "\n"
+                      + json.dumps({"question": "Q2?", "answer": "so\n#### 7"}) + "\n")
+    out = real.gsm8k_final_answers(source, tmp_path / "out" / "g.jsonl", limit=1)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{"question": "Q1?", "answer": "1234"}]
+
+
+def test_a_cached_run_of_another_config_is_refused(tmp_path, tiny_model_dir, sums_file):
+    levers = load("real_levers")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({"trainer": {"learning_rate": 1.0}}))
+    with pytest.raises(SystemExit, match="holds a run of another config"):
+        levers.train_run(out, "nrt", ["trainer.max_steps=1"], tiny_model_dir, sums_file)
