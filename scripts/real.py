@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default="0", help="comma separated training seeds")
     p.add_argument("--output", default="artifacts/real/report.md")
     p.add_argument("--gsm8k", default="../shared/data/gsm8k/test.jsonl")
-    p.add_argument("--gsm8k-limit", type=int, default=100)
+    p.add_argument("--gsm8k-limit", type=int, default=64)
     p.add_argument("--bbh-dir", default=None, help="BBH json directory (default: nrt's: ../shared/data/bbh)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]

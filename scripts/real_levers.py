@@ -66,11 +66,13 @@ def validation_probe(model: str, name: str, overrides: list[str], args) -> dict:
     return json.loads(report.read_text())["tasks"]["validation"]["summary"]
 
 
-def kept_thinking(records: list[dict]) -> bool:
-    """The issue's bar: detector silent, and the last step's mean trace length at least half the first's."""
-    traced = [r for r in records if "trace_length_mean" in r]
-    return (not any(r.get("collapse_detected") for r in records)
-            and traced[-1]["trace_length_mean"] >= 0.5 * traced[0]["trace_length_mean"])
+def kept_thinking(records: list[dict], window: int = 5) -> bool:
+    """The issue's bar: the collapse detector silent, and the final mean trace length at least half the
+    starting one, each the mean over `window` traced steps (the first and the last `window`: one step
+    of 8 traces is noisy; the detector's reference is the same first 5 steps)."""
+    traced = [r["trace_length_mean"] for r in records if "trace_length_mean" in r]
+    start, end = sum(traced[:window]) / len(traced[:window]), sum(traced[-window:]) / len(traced[-window:])
+    return not any(r.get("collapse_detected") for r in records) and end >= 0.5 * start
 
 
 def train_run(out: Path, method: str, overrides: list[str], model: str, data: str) -> list[dict]:

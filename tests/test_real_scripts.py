@@ -31,13 +31,16 @@ def records(lengths, collapse_at=None, warmup=0):
     return out
 
 
-def test_kept_thinking_needs_a_silent_detector_and_half_the_first_trace_length():
+def test_kept_thinking_needs_a_silent_detector_and_half_the_starting_trace_length():
     levers = load("real_levers")
-    assert levers.kept_thinking(records([60, 40, 30]))
-    assert not levers.kept_thinking(records([60, 40, 29]))  # below half of 60
-    assert not levers.kept_thinking(records([60, 40, 50], collapse_at=2))  # the detector fired once
+    assert levers.kept_thinking(records([60, 40, 30]), window=1)
+    assert not levers.kept_thinking(records([60, 40, 29]), window=1)  # below half of 60
+    assert not levers.kept_thinking(records([60, 40, 50], collapse_at=2), window=1)  # the detector fired once
+    # means over the first and the last `window` traced steps: 60 and 29 alone fail, (60+40)/2 and (28+29)/2 pass
+    assert levers.kept_thinking(records([60, 40, 50, 28, 29]), window=2)
+    assert not levers.kept_thinking(records([60, 40, 50, 28, 29]), window=1)
     # after a format warm-up the first NRT step is the reference (warm-up steps have no traces)
-    assert levers.kept_thinking(records([40, 30, 20], warmup=3))
+    assert levers.kept_thinking(records([40, 30, 20], warmup=3), window=1)
 
 
 def test_gsm8k_final_answer_is_the_number_after_the_marks(tmp_path):
