@@ -178,6 +178,17 @@ def write_report(args, seeds, records, probes, minutes, argv) -> None:
                          "yes" if kept_thinking(recs) else "no"])
     lines += [markdown_table(["run", "seed", "first trace len", "last trace len", "collapse detector",
                               "kept thinking"], rows), ""]
+    lines += ["## The bar: kept thinking for 100 steps and a positive reasoning gain on held-out real items", "",
+              "Per NRT run: kept thinking (above), and the reasoning gain on the 250 real BBH items more than 2 "
+              "standard errors above 0.", ""]
+    bbh = next(iter(probes.values()))
+    for name in ("nrt_default", "nrt_best"):
+        passed = [seed for (seed, recs), summary in zip(records[name].items(), bbh[name])
+                  if kept_thinking(recs) and summary["reasoning_gain"] > 2 * summary["reasoning_gain_se"]]
+        lines.append(f"- `{name}`: met in {len(passed)} of {len(seeds)} seeds"
+                     + (f" (seeds {', '.join(map(str, passed))})" if passed else "") + ".")
+    lines += ["", "The base model's premise probe and every lever tried, one at a time on the gym validation split: "
+              "[REAL_MODEL_PROBE.md](REAL_MODEL_PROBE.md), [real_levers.md](real_levers.md).", ""]
     figure = out.with_name(out.stem + "_curves.png")
     keys = {"trace_length_mean": "mean trace length (tokens)", "answer_logprob": "log p(answer) after a trace",
             "answer_logprob_no_trace": "log p(answer), no trace", "reasoning_gain": "reasoning gain (training batch)"}
