@@ -59,3 +59,26 @@ def test_a_cached_run_of_another_config_is_refused(tmp_path, tiny_model_dir, sum
     (out / "config.yaml").write_text(yaml.safe_dump({"trainer": {"learning_rate": 1.0}}))
     with pytest.raises(SystemExit, match="holds a run of another config"):
         levers.train_run(out, "nrt", ["trainer.max_steps=1"], tiny_model_dir, sums_file)
+
+
+def test_report_says_which_runs_met_the_bar(tmp_path):
+    real = load("real")
+    summary = {"direct_accuracy": 0.0, "think_accuracy": 0.02, "free_accuracy": 0.01, "free_think_share": 1.0,
+               "sampled_trace_length": 30.0, "reasoning_gain": 0.5, "reasoning_gain_se": 0.1}
+    weak = {**summary, "reasoning_gain": 0.15}  # under 2 standard errors
+    records = {"sft": {0: [{"step": 1, "loss": 1.0}], 1: [{"step": 1, "loss": 1.0}]},
+               "nrt_default": {0: records_of([60] * 5 + [5] * 5), 1: records_of([60, 50, 40])},
+               "nrt_best": {0: records_of([60, 50, 40]), 1: records_of([60, 50, 40])}}
+    probes = {"BBH": {"base": [summary], "sft": [summary, summary], "nrt_default": [summary, summary],
+                      "nrt_best": [summary, weak]}}
+    args = type("Args", (), {"output": str(tmp_path / "report.md")})()
+    real.write_report(args, [0, 1], records, probes, 1.0, ["--seeds", "0,1"])
+    text = (tmp_path / "report.md").read_text()
+    assert "- `nrt_default`: met in 1 of 2 seeds (seeds 1)." in text  # seed 0 collapsed
+    assert "- `nrt_best`: met in 1 of 2 seeds (seeds 0)." in text  # seed 1's gain is within 2 standard errors
+    assert (tmp_path / "report_curves.png").is_file()
+
+
+def records_of(lengths):
+    return [{"step": i + 1, "trace_length_mean": x, "answer_logprob": -5.0, "answer_logprob_no_trace": -5.5,
+             "reasoning_gain": 0.5} for i, x in enumerate(lengths)]
