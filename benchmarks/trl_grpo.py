@@ -51,6 +51,8 @@ def main(argv=None) -> dict:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--micro-prompts", type=int, default=0,
+                   help="questions per micro-batch (gradient accumulation; TRL still generates the step at once)")
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--think", type=int, default=48)
     p.add_argument("--prompt-tokens", type=int, default=32)
@@ -131,11 +133,12 @@ def main(argv=None) -> dict:
                 phases["update"].append(elapsed - timer["generate"] - timer["score"])
                 rss.append(rss_mb())
 
+    micro = args.micro_prompts or args.prompts  # one generation batch of prompts x K per optimizer step
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out, use_cpu=True, bf16=args.dtype == "bfloat16", seed=args.seed,
             beta=0.0, num_generations=args.generations,
-            per_device_train_batch_size=args.prompts * args.generations, gradient_accumulation_steps=1,
+            per_device_train_batch_size=micro * args.generations, gradient_accumulation_steps=args.prompts // micro,
             max_completion_length=args.think, generation_kwargs={"min_new_tokens": args.think},
             cache_implementation=args.cache_implementation,
             temperature=1.0, top_p=1.0, learning_rate=1e-5, lr_scheduler_type="constant",
