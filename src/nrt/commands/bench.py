@@ -27,7 +27,7 @@ def run_command(args) -> None:
 
 def add_bench(subparsers) -> None:
     """`nrt bench`, for cli.build_parser."""
-    p = subparsers.add_parser("bench", help="time NRT steps on a random Llama; prints one JSON line",
+    p = subparsers.add_parser("bench", help="time NRT steps on a random Llama or a real model; prints one JSON line",
                               description=WORKLOAD_DOC.splitlines()[0])
     add_arguments(p)
     p.set_defaults(func=run_command)
