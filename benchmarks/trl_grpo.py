@@ -1,9 +1,12 @@
 """The TRL side of the comparison: GRPOTrainer on the same work as `nrt bench --fixed-length`.
 
     .venv/bin/python benchmarks/trl_grpo.py --hidden 256 --layers 4 --prompts 16 --generations 8 --think 48
+    .venv/bin/python benchmarks/trl_grpo.py --model DIR_OR_GGUF [--config-only] --prompts 8 --think 128
 
-Same model (nrt.experiments.bench.bench_model, same seed: identical initial weights), tokenizer, questions
-and answers (nrt.experiments.bench.synthetic_*), K, and completion length: `min_new_tokens` = `max_new_tokens`
+Same model (nrt.experiments.bench.workload: the random Llama, or --model's weights, or with
+--config-only its architecture with random weights from the same seed: identical initial weights),
+tokenizer, questions and answers, `<|response_start|>` added as the nrt trainer adds it, K, and
+completion length: `min_new_tokens` = `max_new_tokens`
 = --think, so every completion has exactly --think tokens as in `nrt bench --fixed-length`.
 beta 0 (no reference model), one optimizer step per generation batch of prompts x K completions.
 The reward is NRT's signal computed the way a TRL user would: a custom reward function that
@@ -36,17 +39,20 @@ keep_freed_memory()
 
 import torch  # noqa: E402
 
-from nrt.experiments.bench import (  # noqa: E402
-    bench_model, bf16_supported, matmul_rate, peak_rss_mb, rss_mb, synthetic_examples, synthetic_tokenizer,
-)
+from nrt.experiments.bench import bf16_supported, matmul_rate, peak_rss_mb, rss_mb, workload  # noqa: E402
+from nrt.tokens import ensure_response_start_token  # noqa: E402
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="a model directory or .gguf file (nrt bench --model)")
+    p.add_argument("--config-only", action="store_true", help="--model's architecture with random weights (--seed)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--micro-prompts", type=int, default=0,
+                   help="questions per micro-batch (gradient accumulation; TRL still generates the step at once)")
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--think", type=int, default=48)
     p.add_argument("--prompt-tokens", type=int, default=32)
@@ -78,15 +84,12 @@ def main(argv=None) -> dict:
     datasets.disable_progress_bars()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
-    tokenizer = synthetic_tokenizer(args.vocab)
-    n = args.prompts * (args.warmup + args.steps)
-    examples = synthetic_examples(n, args.prompt_tokens, args.answer_tokens, args.vocab, args.seed,
-                                  tokenizer.eos_token_id)
-    response_start = tokenizer.convert_tokens_to_ids("<|response_start|>")
+    model, tokenizer, examples = workload(args, args.prompts * (args.warmup + args.steps))
+    response_start = ensure_response_start_token(model, tokenizer)  # as NRTTrainer does: same rows on both sides
     prompts = [tokenizer.decode(ex.prompt_ids) for ex in examples]
-    assert tokenizer(prompts[0], add_special_tokens=False)["input_ids"] == examples[0].prompt_ids
+    # TRL tokenizes the text prompts: they must give the same ids (the same work) as nrt's
+    assert all(tokenizer(p, add_special_tokens=False)["input_ids"] == ex.prompt_ids for p, ex in zip(prompts, examples))
     dataset = datasets.Dataset.from_dict({"prompt": prompts, "answer_ids": [ex.answer_ids for ex in examples]})
-    model = bench_model(args.vocab, args.hidden, args.layers, args.seed)
 
     timer = {"generate": 0.0, "score": 0.0}
     holder = {}
@@ -130,11 +133,12 @@ def main(argv=None) -> dict:
                 phases["update"].append(elapsed - timer["generate"] - timer["score"])
                 rss.append(rss_mb())
 
+    micro = args.micro_prompts or args.prompts  # one generation batch of prompts x K per optimizer step
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out, use_cpu=True, bf16=args.dtype == "bfloat16", seed=args.seed,
             beta=0.0, num_generations=args.generations,
-            per_device_train_batch_size=args.prompts * args.generations, gradient_accumulation_steps=1,
+            per_device_train_batch_size=micro * args.generations, gradient_accumulation_steps=args.prompts // micro,
             max_completion_length=args.think, generation_kwargs={"min_new_tokens": args.think},
             cache_implementation=args.cache_implementation,
             temperature=1.0, top_p=1.0, learning_rate=1e-5, lr_scheduler_type="constant",

@@ -17,7 +17,7 @@ FIELDS = {
     "baseline_tokens", "tokens_per_sec", "trained_tokens_per_sec", "params_total", "params_non_embedding",
     "params_matmul", "flops_sample", "flops_update", "flops_forward_only", "matmul_gflops", "floor_sec",
     "step_over_floor", "generate_over_floor", "update_matmul_fraction", "peak_rss_mb", "peak_rss_mb_after_warmup",
-    "rss_mb_first", "rss_mb_last", "dtype", "threads", "load_avg", "config",
+    "rss_mb_loaded", "rss_mb_first", "rss_mb_last", "dtype", "threads", "load_avg", "config",
 }
 TINY = ["--hidden", "64", "--layers", "2", "--vocab", "300", "--prompts", "3", "--generations", "2", "--think", "5",
         "--prompt-tokens", "7", "--answer-tokens", "4", "--steps", "2", "--warmup", "1", "--dtype", "float32"]

@@ -147,9 +147,10 @@ def bench_args(**kw):
     return Namespace(**args)
 
 
-def test_same_seed_same_rewards_with_and_without_the_optimisations():
-    fast, _, _ = build_trainer(bench_args())
-    slow, _, _ = build_trainer(bench_args(), **vars(PLAIN))
+@pytest.mark.parametrize("micro_prompts", [0, 2], ids=["one-micro-batch", "two-micro-batches"])
+def test_same_seed_same_rewards_with_and_without_the_optimisations(micro_prompts):
+    fast, _, _ = build_trainer(bench_args(micro_prompts=micro_prompts))
+    slow, _, _ = build_trainer(bench_args(micro_prompts=micro_prompts), **vars(PLAIN))
     assert slow.engine == PLAIN
     for _ in range(2):  # the second step runs on updated weights
         a = fast.train_step()
@@ -158,6 +159,18 @@ def test_same_seed_same_rewards_with_and_without_the_optimisations():
                     "loss", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
     assert a["trace_length_mean"] < 10  # traces stopped early: variable lengths and padding were exercised
+
+
+def test_a_step_sampled_at_once_gives_each_micro_batch_the_traces_it_gets_alone():
+    at_once, _, _ = build_trainer(bench_args(micro_prompts=2))
+    alone, _, _ = build_trainer(bench_args(micro_prompts=2), sample_step_at_once=False)
+    chunks = at_once.micro_batches(0)
+    assert len(chunks) == 2
+    for a, b in zip(at_once.sample_micro_batches(chunks), alone.sample_micro_batches(chunks)):
+        for name, value in vars(a.batch).items():
+            assert torch.equal(value, getattr(b.batch, name)), name
+        assert torch.equal(a.trace_mask, b.trace_mask) and torch.equal(a.answer_start, b.answer_start)
+    assert len({tuple(r.batch.completion_ids.flatten().tolist()) for r in at_once.sample_micro_batches(chunks)}) == 2
 
 
 def assert_within_bf16_tolerance(out, scored, ref_out, ref_scored):
@@ -198,6 +211,7 @@ def test_chunked_output_layer_under_autocast_equals_a_cast_per_chunk_and_keeps_o
     import nrt.engine.token_logprobs as tl
 
     monkeypatch.setattr(tl, "HEAD_CHUNK_BYTES", 2 * 300 * 7)  # 7 rows per chunk: 8 chunks
+    monkeypatch.setattr(tl, "MAX_HEAD_CHUNKS", 8)
     torch.manual_seed(0)
     head = torch.nn.Linear(32, 300, bias=bias)
     rows0, targets = torch.randn(50, 32), torch.randint(0, 300, (50,))
@@ -235,6 +249,16 @@ def test_chunks_are_sized_by_device_type():
     assert chunk_rows(vocab_row, torch.device("cpu"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 4
     assert chunk_rows(vocab_row, torch.device("cuda"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 523
     assert chunk_rows(10**12, torch.device("cpu"), CHUNK_BYTES, DEVICE_CHUNK_BYTES) == 1  # never 0
+
+
+def test_output_layer_chunks_are_the_byte_budget_but_never_more_than_four():
+    from nrt.engine.token_logprobs import head_chunk_rows
+
+    cpu = torch.device("cpu")
+    assert head_chunk_rows(100, 8192, cpu) == 1024  # 16 MB of bf16 logits: one chunk of 100 rows
+    assert head_chunk_rows(8320, 8192, cpu) == 2080  # 8.1 chunks at the budget -> 4
+    assert head_chunk_rows(2320, 49153, cpu) == 580  # SmolLM2: 170 rows at the budget, 14 chunks -> 4
+    assert head_chunk_rows(0, 49153, cpu) == 170
 
 
 # --------------------------------------------------------------------------- the lean and the compiled decoding step

@@ -19,6 +19,7 @@ class EngineOptions:
     compile_step: bool = False  # decode with nrt.engine.decode_step under torch.compile (trainer.torch_compile)
     lean_step: bool = False  # the same decoding step run eagerly (tests and benchmarks)
     fixed_length: bool = False  # no trace stops before its limit: stop tokens masked (benchmarks: equal work)
+    sample_step_at_once: bool = True  # one decoding batch for all of a step's micro-batches (NRTTrainer)
     # scoring and training forward passes (nrt.engine.sequences)
     fused_logprobs: bool = True  # log-softmax fused with the gather, chunked; off: full logits -> logsumexp
     fuse_head: bool = True  # the output layer runs chunk by chunk inside that pass (no [N, V] logits)
@@ -27,5 +28,6 @@ class EngineOptions:
     attention_in_float32: bool = True  # float32 attention on the CPU (nrt.engine.cpu_attention)
 
 
-PLAIN = EngineOptions(preallocate_cache=False, share_prompt_cache=False, fused_logprobs=False, fuse_head=False,
-                      share_prompts=False, attention_in_float32=False)  # every speed switch off: the reference path
+# every speed switch off: the reference path
+PLAIN = EngineOptions(preallocate_cache=False, share_prompt_cache=False, sample_step_at_once=False,
+                      fused_logprobs=False, fuse_head=False, share_prompts=False, attention_in_float32=False)

@@ -1,6 +1,7 @@
-"""The workload behind `nrt bench`: time the real NRT step on a random Llama and synthetic questions.
+"""The workload behind `nrt bench`: time the real NRT step on a random Llama or a real model.
 
     nrt bench --hidden 256 --layers 4 --prompts 16 --generations 8 --think 48 --fixed-length
+    nrt bench --model DIR_OR_GGUF [--config-only] --prompts 8 --generations 8 --think 128 --fixed-length
 
 Prints one JSON line: the median seconds per step over the timed steps (after warm-up), the
 spread, the median seconds of each phase (generate, score, update), tokens per second, the
@@ -11,6 +12,14 @@ The workload is fixed and reproducible from the options alone: a `LlamaForCausal
 from a `LlamaConfig` (head size 64, MLP 4x hidden, tied embeddings, like Llama-3.2-1B's
 shape), a word-level tokenizer of `--vocab` tokens ("w3".."wN" plus pad, eos and
 `<|response_start|>`), and questions/answers of fixed lengths drawn at random from it.
+With `--model` the model and its tokenizer come from a directory or a GGUF file
+(`nrt.model_loading`), weights in float32 (bf16 autocast as for the random model); with
+`--config-only` only its config is read and the same architecture is built with random
+weights from `--seed` (the same speed, no weights needed). Questions and answers are random
+ids from the model's vocabulary (`vocabulary_examples`: no special tokens; word tokens whose
+text re-encodes to the same ids, so a text-prompt implementation gets the same token count).
+`--hidden`, `--layers` and `--vocab` are ignored then.
+
 With `--fixed-length` no trace stops early: the stop tokens are masked until the trace
 limit, so every trace has exactly `--think` tokens (TRL's `min_new_tokens`), and two
 implementations compared on it do identical work.
@@ -72,6 +81,44 @@ def synthetic_examples(n: int, prompt_tokens: int, answer_tokens: int, vocab_siz
     return [TokenizedExample(p, a + [eos_id], f"synthetic:{i}") for i, (p, a) in enumerate(zip(prompts, answers))]
 
 
+def vocabulary_examples(tokenizer, n: int, prompt_tokens: int, answer_tokens: int, seed: int) -> list:
+    """n TokenizedExamples of random ids from a real tokenizer's vocabulary, answers ending in eos.
+
+    Drawn from the tokens that are not special and whose text encodes back to the token alone;
+    where at least 256 of them are words after a space (" the", byte-level BPE's "Ġthe"), only
+    those: such text splits back at the spaces, so a prompt's text re-encodes to its ids. Each
+    prompt is checked (decode -> encode) and redrawn until it does; ValueError after 100 tries.
+    """
+    import torch
+
+    from nrt.data import TokenizedExample
+
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    texts = [tokenizer.decode([i]) for i in ids]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    single = [(i, t) for i, t, e in zip(ids, texts, encoded) if e == [i]]
+    words = [i for i, t in single if len(t) > 1 and t[0] == " " and t[1:].isalpha()]
+    pool = torch.tensor(words if len(words) >= 256 else [i for i, _ in single])
+    if len(pool) < 2:
+        raise ValueError("the tokenizer has fewer than 2 ordinary tokens that re-encode to themselves")
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(length: int) -> list[int]:
+        return pool[torch.randint(len(pool), (length,), generator=g)].tolist()
+
+    examples = []
+    for index in range(n):
+        for _ in range(100):
+            prompt = draw(prompt_tokens)
+            if tokenizer(tokenizer.decode(prompt), add_special_tokens=False)["input_ids"] == prompt:
+                break
+        else:
+            raise ValueError(f"no prompt of {prompt_tokens} tokens whose text re-encodes to the same ids in 100 draws")
+        examples.append(TokenizedExample(prompt, draw(answer_tokens - 1) + [tokenizer.eos_token_id], f"vocab:{index}"))
+    return examples
+
+
 def bench_model(vocab_size: int, hidden: int, layers: int, seed: int, max_positions: int = 2048):
     """A random Llama: head size 64, MLP 4 x hidden, tied embeddings (Llama-3.2-1B's proportions)."""
     import torch
@@ -127,15 +174,42 @@ def engine_options(args, **switches):
     return EngineOptions(**{"compile_step": args.compile, "fixed_length": args.fixed_length, **switches})
 
 
+def workload(args, n: int):
+    """(model, tokenizer, n examples) of the options: the random Llama and its word-level tokenizer,
+    or `--model` (its weights, or with `--config-only` random weights from `--seed`). The same
+    options give the same weights and data (the TRL side of the comparison builds it here too).
+    Raises nrt.model_loading.ModelLoadError for a model that cannot be loaded."""
+    import torch
+
+    if not getattr(args, "model", None):
+        tokenizer = synthetic_tokenizer(args.vocab)
+        examples = synthetic_examples(n, args.prompt_tokens, args.answer_tokens, args.vocab, args.seed,
+                                      tokenizer.eos_token_id)
+        return bench_model(args.vocab, args.hidden, args.layers, args.seed), tokenizer, examples
+    from nrt.model_loading import ModelLoadError, ModelSource, load_config, load_model, load_tokenizer
+
+    source = ModelSource(args.model)
+    tokenizer = load_tokenizer(source)
+    if args.config_only:
+        from transformers import AutoModelForCausalLM
+
+        config = load_config(source)
+        torch.manual_seed(args.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        model = load_model(source, dtype=torch.float32)
+    try:
+        examples = vocabulary_examples(tokenizer, n, args.prompt_tokens, args.answer_tokens, args.seed)
+    except ValueError as e:
+        raise ModelLoadError(f"{source.name}: {e}") from None
+    return model, tokenizer, examples
+
+
 def build_trainer(args, **switches):
     """(trainer, tokenizer, examples) for the options; the same seed gives the same weights and data."""
-    tokenizer = synthetic_tokenizer(args.vocab)
-    n = args.prompts * max(1, min(args.warmup + args.steps, 64))
-    examples = synthetic_examples(n, args.prompt_tokens, args.answer_tokens, args.vocab, args.seed,
-                                  tokenizer.eos_token_id)
     from nrt.training.trainer import NRTTrainer
 
-    model = bench_model(args.vocab, args.hidden, args.layers, args.seed)
+    model, tokenizer, examples = workload(args, args.prompts * max(1, min(args.warmup + args.steps, 64)))
     trainer = NRTTrainer(bench_config(args), model, tokenizer, examples, engine=engine_options(args, **switches))
     return trainer, tokenizer, examples
 
@@ -203,6 +277,7 @@ def run_bench(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     trainer, _, _ = build_trainer(args)
+    rss_loaded = rss_mb()  # model, optimizer (states still empty) and data built, no step run
     counts = parameter_counts(trainer.accelerator.unwrap_model(trainer.model))
 
     step_times, phases, rss, work = [], {"generate": [], "score": [], "update": []}, [], []
@@ -255,6 +330,7 @@ def run_bench(args) -> dict:
         "update_matmul_fraction": flops_update / phase["update"] / rate,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_mb_after_warmup": peak_after_warmup,
+        "rss_mb_loaded": rss_loaded,
         "rss_mb_first": rss[0],
         "rss_mb_last": rss[-1],
         "dtype": args.dtype,
@@ -278,6 +354,10 @@ def _iqr(values: list[float]) -> float:
 
 # --------------------------------------------------------------------------- command line
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="a model directory or .gguf file to time instead of the random Llama (its tokenizer too)")
+    p.add_argument("--config-only", action="store_true",
+                   help="with --model: its architecture with random weights (--seed); only the config is read")
     p.add_argument("--hidden", type=int, default=256, help="model width (head size 64, MLP 4x)")
     p.add_argument("--layers", type=int, default=4, help="decoder layers")
     p.add_argument("--vocab", type=int, default=8192, help="vocabulary size of the synthetic tokenizer")
@@ -315,3 +395,9 @@ def check_arguments(args) -> None:
         raise ValueError(f"--vocab {args.vocab}: needs at least 4 tokens (3 special tokens and one word)")
     if args.micro_prompts and args.prompts % args.micro_prompts:
         raise ValueError(f"--prompts {args.prompts} is not a multiple of --micro-prompts {args.micro_prompts}")
+    if getattr(args, "config_only", False) and not getattr(args, "model", None):
+        raise ValueError("--config-only needs --model (whose config to build)")
+    if getattr(args, "model", None):
+        from nrt.model_loading import resolve
+
+        resolve(args.model)  # a missing file or directory: ModelLoadError naming it, before anything loads
