@@ -82,3 +82,16 @@ def test_report_says_which_runs_met_the_bar(tmp_path):
 def records_of(lengths):
     return [{"step": i + 1, "trace_length_mean": x, "answer_logprob": -5.0, "answer_logprob_no_trace": -5.5,
              "reasoning_gain": 0.5} for i, x in enumerate(lengths)]
+
+
+def test_the_shipped_small_model_config_is_the_reports_nrt_best(tiny_model_dir, sums_file, tmp_path):
+    import nrt
+
+    real = load("real")
+    config_file = SCRIPTS.parent / "configs" / "real" / "smollm2-135m-cpu.yaml"
+    common = {"model": tiny_model_dir, "data": sums_file, "output_dir": str(tmp_path / "run")}
+    shipped = nrt.resolve_config("nrt", config_file=str(config_file), overrides=["trainer.seed=0"], **common)
+    preset, extra = real.RUNS["nrt_best"]
+    report = nrt.resolve_config(preset, overrides=[*real.BASE, *extra, f"trainer.max_steps={real.STEPS}",
+                                                   "trainer.seed=0"], **common)
+    assert shipped.to_dict() == report.to_dict()
