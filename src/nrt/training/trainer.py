@@ -15,7 +15,9 @@ forward, one short row per question. With `steps_per_generation > 1` a no-grad s
 pass at rollout time provides the old policy's log-probabilities for the importance ratio.
 
 The question stream, optimizer updates, validation, checkpoints and the loop are shared with
-the SFT baseline (`nrt.training.base`).
+the SFT baseline (`nrt.training.base`). With `trainer.format_warmup_steps` N, the first N steps
+are SFT steps on the answer after a given `<|response_start|>` (`nrt.training.sft.sft_step`),
+no traces: a pretrained model learns the new marker's format before any trace is rewarded.
 """
 
 from __future__ import annotations
