@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from real_levers import BASE, MODEL, VARIANTS, kept_thinking, markdown_table, think_prompt_of, train_run
+from real_levers import (BASE, MODEL, VARIANTS, kept_thinking, markdown_table, probe_summary, think_prompt_of,
+                         trace_length_ends, train_run)
 
 import nrt
 
@@ -38,10 +39,11 @@ TASK = "multistep_arithmetic_two"
 GYM_DATA = Path("artifacts/gymdata")
 BEST = "recipe_lr"  # first in docs/real_levers.md's validation ranking among the runs that kept thinking
 STEPS = 100
-RUNS = {  # name -> (preset, overrides beyond BASE)
-    "sft": ("sft", []),
-    "nrt_default": ("nrt", []),
-    "nrt_best": ("nrt", VARIANTS[BEST]),
+RUNS = {  # name -> (preset, overrides beyond BASE, run directory under artifacts/real/seed{S}: the NRT ones
+    #          are scripts/real_levers.py's, so its seed-0 runs are read, not trained again)
+    "sft": ("sft", [], "sft"),
+    "nrt_default": ("nrt", [], "default"),
+    "nrt_best": ("nrt", VARIANTS[BEST], BEST),
 }
 PROBE = ["--samples", "2", "--max-trace-tokens", "96", "--max-answer-tokens", "16", "--bf16", "--batch-size", "16"]
 
@@ -63,17 +65,6 @@ def gsm8k_final_answers(source: Path, out: Path, limit: int) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
-
-
-def probe(model: str, report: Path, source: list[str], seed: int, think_prompt: str) -> dict:
-    """`nrt probe` (cached by its report path): the summary."""
-    if not report.is_file():
-        command = [sys.executable, "-m", "nrt", "probe", "--model", model, *source, "--output", str(report),
-                   "--seed", str(seed), *PROBE]
-        if think_prompt:
-            command += ["--think-prompt", think_prompt]
-        subprocess.run(command, check=True)
-    return next(iter(json.loads(report.read_text())["tasks"].values()))["summary"]
 
 
 def mean_sd(values: list[float], fmt: str) -> str:
@@ -105,11 +96,10 @@ def main(argv=None) -> None:
     records: dict[str, dict[int, list[dict]]] = {name: {} for name in RUNS}
     probes: dict[str, dict[str, list[dict]]] = {ev: {} for ev in evals}
     for e, (ev, source) in enumerate(evals.items()):
-        probes[ev]["base"] = [probe(MODEL, Path(f"artifacts/real/probes/base_{e}.json"), source, 0, "")]
+        probes[ev]["base"] = [probe_summary(MODEL, Path(f"artifacts/real/probes/base_{e}.json"), source, PROBE, 0)]
     for seed in seeds:
-        for name, (preset, extra) in RUNS.items():
-            out = Path(f"artifacts/real/seed{seed}") / (BEST if name == "nrt_best" else
-                                                         "default" if name == "nrt_default" else name)
+        for name, (preset, extra, directory) in RUNS.items():
+            out = Path(f"artifacts/real/seed{seed}") / directory
             overrides = [*BASE, *extra, f"trainer.max_steps={STEPS}", f"trainer.seed={seed}"]
             try:
                 records[name][seed] = train_run(out, preset, overrides, MODEL, train)
@@ -117,7 +107,8 @@ def main(argv=None) -> None:
                 sys.exit(f"real: error: {err}")
             for e, (ev, source) in enumerate(evals.items()):
                 report = out / f"probe_{e}.json"
-                probes[ev].setdefault(name, []).append(probe(str(out), report, source, seed, think_prompt_of(extra)))
+                probes[ev].setdefault(name, []).append(
+                    probe_summary(str(out), report, source, PROBE, seed, think_prompt_of(extra)))
     minutes = (time.time() - start) / 60
     write_report(args, seeds, records, probes, minutes, argv)
 
@@ -173,12 +164,12 @@ def write_report(args, seeds, records, probes, minutes, argv) -> None:
     rows = []
     for name in RUNS:
         for seed, recs in records[name].items():
-            lengths = [r["trace_length_mean"] for r in recs if "trace_length_mean" in r]
             warned = [r["step"] for r in recs if r.get("collapse_detected")]
             seconds = sum(r.get(f"time_{k}", 0.0) for r in recs for k in ("generate", "score", "update"))
-            verdict = [f"{statistics.mean(lengths[:5]):.0f}", f"{statistics.mean(lengths[-5:]):.0f}",
-                       f"warned at {warned[0]}" if warned else "silent",
-                       "yes" if kept_thinking(recs) else "no"] if lengths else ["-", "-", "-", "-"]
+            verdict = ["-", "-", "-", "-"]  # SFT: no traces
+            if any("trace_length_mean" in r for r in recs):
+                verdict = [*(f"{x:.0f}" for x in trace_length_ends(recs)), f"warned at {warned[0]}" if warned
+                           else "silent", "yes" if kept_thinking(recs) else "no"]
             rows.append([f"`{name}`", str(seed), *verdict, f"{seconds / 60:.1f}"])
     lines += [markdown_table(["run", "seed", "trace len, first 5 steps", "trace len, last 5 steps",
                               "collapse detector", "kept thinking", "training minutes"], rows), ""]

@@ -54,24 +54,37 @@ def think_prompt_of(overrides: list[str]) -> str:
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("data.think_prompt=")), "")
 
 
-def validation_probe(model: str, name: str, overrides: list[str], args) -> dict:
-    """`nrt probe` of `model` on the validation split, with the run's own think prompt; cached."""
-    report = Path(args.runs) / "probes" / f"{name}.json"
+def probe_summary(model: str, report: Path, source: list[str], options: list[str], seed: int,
+                  think_prompt: str = "") -> dict:
+    """`nrt probe` of `model` on `source` (`--data FILE ...` or `--bbh TASK`), cached by its report
+    path: the summary of its one task."""
     if not report.is_file():
-        command = [sys.executable, "-m", "nrt", "probe", "--model", model, "--data", args.validation,
-                   "--name", "validation", "--output", str(report), "--seed", str(args.seed), *PROBE]
-        if think_prompt_of(overrides):
-            command += ["--think-prompt", think_prompt_of(overrides)]
+        command = [sys.executable, "-m", "nrt", "probe", "--model", model, *source, "--output", str(report),
+                   "--seed", str(seed), *options]
+        if think_prompt:
+            command += ["--think-prompt", think_prompt]
         subprocess.run(command, check=True)
-    return json.loads(report.read_text())["tasks"]["validation"]["summary"]
+    return next(iter(json.loads(report.read_text())["tasks"].values()))["summary"]
+
+
+def validation_probe(model: str, name: str, overrides: list[str], args) -> dict:
+    """The probe of `model` on the validation split, with the run's own think prompt."""
+    return probe_summary(model, Path(args.runs) / "probes" / f"{name}.json",
+                         ["--data", args.validation, "--name", "validation"], PROBE, args.seed,
+                         think_prompt_of(overrides))
+
+
+def trace_length_ends(records: list[dict], window: int = 5) -> tuple[float, float]:
+    """Mean trace length over the first and over the last `window` traced steps (one step of 8
+    traces is noisy; the collapse detector's reference is the same first 5 steps)."""
+    traced = [r["trace_length_mean"] for r in records if "trace_length_mean" in r]
+    return sum(traced[:window]) / len(traced[:window]), sum(traced[-window:]) / len(traced[-window:])
 
 
 def kept_thinking(records: list[dict], window: int = 5) -> bool:
     """The issue's bar: the collapse detector silent, and the final mean trace length at least half the
-    starting one, each the mean over `window` traced steps (the first and the last `window`: one step
-    of 8 traces is noisy; the detector's reference is the same first 5 steps)."""
-    traced = [r["trace_length_mean"] for r in records if "trace_length_mean" in r]
-    start, end = sum(traced[:window]) / len(traced[:window]), sum(traced[-window:]) / len(traced[-window:])
+    starting one (`trace_length_ends`)."""
+    start, end = trace_length_ends(records, window)
     return not any(r.get("collapse_detected") for r in records) and end >= 0.5 * start
 
 

@@ -91,7 +91,7 @@ def test_the_shipped_small_model_config_is_the_reports_nrt_best(tiny_model_dir, 
     config_file = SCRIPTS.parent / "configs" / "real" / "smollm2-135m-cpu.yaml"
     common = {"model": tiny_model_dir, "data": sums_file, "output_dir": str(tmp_path / "run")}
     shipped = nrt.resolve_config("nrt", config_file=str(config_file), overrides=["trainer.seed=0"], **common)
-    preset, extra = real.RUNS["nrt_best"]
+    preset, extra, _ = real.RUNS["nrt_best"]
     report = nrt.resolve_config(preset, overrides=[*real.BASE, *extra, f"trainer.max_steps={real.STEPS}",
                                                    "trainer.seed=0"], **common)
     assert shipped.to_dict() == report.to_dict()

@@ -10,19 +10,26 @@ from nrt.experiments.bench import __doc__ as WORKLOAD_DOC
 from nrt.experiments.bench import add_arguments, check_arguments, run_bench
 
 
-def run_command(args) -> None:
-    from nrt.commands.usage import fail
+def bench_and_print(args, error) -> None:
+    """Check the options, time the steps, print the JSON line; a bad option or a model that does not
+    load goes to `error` (one line, exit code 2)."""
     from nrt.errors import ModelLoadError
 
     try:
         check_arguments(args)  # a --model that is not there: ModelLoadError, a ValueError too
     except ValueError as e:
-        fail(str(e))
+        error(str(e))
     try:
         result = run_bench(args)
     except ModelLoadError as e:  # a model that does not load, or whose tokenizer has no usable vocabulary
-        fail(str(e))
+        error(str(e))
     print(json.dumps(result), flush=True)
+
+
+def run_command(args) -> None:
+    from nrt.commands.usage import fail
+
+    bench_and_print(args, fail)
 
 
 def add_bench(subparsers) -> None:
@@ -36,18 +43,7 @@ def add_bench(subparsers) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="nrt bench", description=WORKLOAD_DOC.splitlines()[0])
     add_arguments(p)
-    args = p.parse_args(argv)
-    from nrt.errors import ModelLoadError
-
-    try:
-        check_arguments(args)
-    except ValueError as e:
-        p.error(str(e))  # one line, exit code 2
-    try:
-        result = run_bench(args)
-    except ModelLoadError as e:
-        p.error(str(e))
-    print(json.dumps(result), flush=True)
+    bench_and_print(p.parse_args(argv), p.error)
 
 
 if __name__ == "__main__":
