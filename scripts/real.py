@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from real_levers import (BASE, MODEL, VARIANTS, kept_thinking, markdown_table, probe_summary, think_prompt_of,
-                         trace_length_ends, train_run)
+from real_levers import (BASE, MODEL, VARIANTS, kept_thinking, markdown_table, probe_flags, probe_summary,
+                         think_prompt_of, trace_length_ends, train_run)
 
 import nrt
 
@@ -45,7 +45,7 @@ RUNS = {  # name -> (preset, overrides beyond BASE, run directory under artifact
     "nrt_default": ("nrt", [], "default"),
     "nrt_best": ("nrt", VARIANTS[BEST], BEST),
 }
-PROBE = ["--samples", "2", "--max-trace-tokens", "96", "--max-answer-tokens", "16", "--bf16", "--batch-size", "16"]
+PROBE = {"samples": 2, "max_trace_tokens": 96, "max_answer_tokens": 16, "batch_size": 16, "bf16": True}
 
 
 def gym_split(split: str) -> Path:
@@ -138,11 +138,12 @@ def write_report(args, seeds, records, probes, minutes, argv) -> None:
         f"- `nrt_best`: the same plus `{' '.join(VARIANTS[BEST])}` (`{BEST}`), the lever ranked first on the gym's "
         "validation split in [real_levers.md](real_levers.md).",
         "",
-        "Evaluation (`nrt probe " + " ".join(PROBE) + "`): direct = `<|response_start|>` right after the prompt, "
-        "then a greedy answer; think = a forced greedy trace (up to 96 tokens), then the answer; free = greedy, the "
-        "model chooses; gain = answer log-likelihood (nats, answer + eos) after a sampled trace minus without one, "
-        "2 traces per question. Cells: mean ± standard deviation over seeds (the base: one probe); the gain's "
-        "standard error over questions is in brackets (mean over seeds). Nothing was chosen with these items.",
+        "Evaluation (`nrt probe " + " ".join(probe_flags(PROBE)) + "`): "
+        "direct = `<|response_start|>` right after the prompt, then a greedy answer; think = a forced greedy "
+        "trace (up to 96 tokens), then the answer; free = greedy, the model chooses; gain = answer log-"
+        "likelihood (nats, answer + eos) after a sampled trace minus without one, 2 traces per question. "
+        "Cells: mean ± standard deviation over seeds (the base: one probe); the gain's standard error over "
+        "questions is in brackets (mean over seeds). Nothing was chosen with these items.",
         "",
     ]
     for ev, per_model in probes.items():

@@ -47,20 +47,39 @@ VARIANTS = {
     "format_warmup": ["trainer.format_warmup_steps=10"],  # 10 SFT steps on <|response_start|> + answer first
     "think_prompt": [f"data.think_prompt={THINK_PROMPT}"],
 }
-PROBE = ["--limit", "64", "--samples", "4", "--max-trace-tokens", "96", "--max-answer-tokens", "16", "--bf16"]
+PROBE = {"samples": 4, "max_trace_tokens": 96, "max_answer_tokens": 16, "batch_size": 16, "bf16": True}
+VALIDATION_LIMIT = 64  # questions of the validation split probed
 
 
 def think_prompt_of(overrides: list[str]) -> str:
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("data.think_prompt=")), "")
 
 
-def probe_summary(model: str, report: Path, source: list[str], options: list[str], seed: int,
+def probe_flags(options: dict) -> list[str]:
+    """`nrt probe`'s flags for `ProbeConfig` fields: samples=4 -> --samples 4, bf16=True -> --bf16."""
+    flags = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [] if value is False else [flag, str(value)]
+    return flags
+
+
+def probe_summary(model: str, report: Path, source: list[str], options: dict, seed: int,
                   think_prompt: str = "") -> dict:
-    """`nrt probe` of `model` on `source` (`--data FILE ...` or `--bbh TASK`), cached by its report
-    path: the summary of its one task."""
-    if not report.is_file():
+    """`nrt probe` of `model` on `source` (`--data FILE ...` or `--bbh TASK`, with `--limit`) with
+    the `ProbeConfig` fields `options`: the summary of its one task. A report already at `report`
+    is read instead when it holds the same model, options, seed and think prompt; one with others
+    is an error."""
+    expected = {**options, "seed": seed, "think_prompt": think_prompt}
+    if report.is_file():
+        saved = json.loads(report.read_text())
+        differs = [k for k, v in expected.items() if saved["config"].get(k) != v]
+        differs += ["model"] if saved["model"] != model else []
+        if differs:
+            sys.exit(f"real_levers: error: {report} holds a probe with another {', '.join(differs)}; move it away")
+    else:
         command = [sys.executable, "-m", "nrt", "probe", "--model", model, *source, "--output", str(report),
-                   "--seed", str(seed), *options]
+                   "--seed", str(seed), *probe_flags(options)]
         if think_prompt:
             command += ["--think-prompt", think_prompt]
         subprocess.run(command, check=True)
@@ -70,7 +89,8 @@ def probe_summary(model: str, report: Path, source: list[str], options: list[str
 def validation_probe(model: str, name: str, overrides: list[str], args) -> dict:
     """The probe of `model` on the validation split, with the run's own think prompt."""
     return probe_summary(model, Path(args.runs) / "probes" / f"{name}.json",
-                         ["--data", args.validation, "--name", "validation"], PROBE, args.seed,
+                         ["--data", args.validation, "--name", "validation", "--limit", str(VALIDATION_LIMIT)],
+                         PROBE, args.seed,
                          think_prompt_of(overrides))
 
 
@@ -157,8 +177,9 @@ def main(argv=None) -> None:
         kept = sorted((n for n in runs if kept_thinking(runs[n])), key=lambda n: -probes[n]["reasoning_gain"])
         vrows = [[f"`{n}`", *probe_cells(probes[n])] for n in probes]
         validation = (
-            f"\n## On the validation split\n\nEach final model probed on the first 64 questions of `{args.validation}`"
-            f" (`nrt probe {' '.join(PROBE)}`, the run's think prompt if it has one): reasoning gain (nats, ± standard"
+            f"\n## On the validation split\n\nEach final model probed on the first {VALIDATION_LIMIT} questions of "
+            f"`{args.validation}` (`nrt probe --limit {VALIDATION_LIMIT} {' '.join(probe_flags(PROBE))}`, the run's "
+            "think prompt if it has one): reasoning gain (nats, ± standard"
             " error over questions), mean sampled trace length, forced-think and direct accuracy.\n\n"
             + markdown_table(["model", "reasoning gain", "trace length", "think acc", "direct acc"], vrows)
             + "\n\nRanked by validation gain among the runs that kept thinking (detector silent, and the mean trace "

@@ -14,7 +14,8 @@ from nrt.data import QARecord, tokenize_records
 from nrt.engine.sampling import question_seed
 from nrt.evaluation.evaluate import answer_logprobs
 from nrt.data import with_think_prompt
-from nrt.evaluation.probe import ProbeConfig, mean_and_standard_error, probe
+from nrt.engine.answer_rows import RowKind, decode_rows
+from nrt.evaluation.probe import ProbeConfig, free_result, mean_and_standard_error, probe
 
 from conftest import tiny_sums_setup  # the tests folder is on the path (pytest rootdir conftest)
 
@@ -53,16 +54,22 @@ def test_summary_means_and_standard_errors_follow_the_rows_and_the_gain_is_answe
     torch.testing.assert_close(torch.tensor(gains, dtype=torch.float32), w.view(8, 3).mean(1) - d, atol=1e-4, rtol=0)
 
 
-def test_forced_mode_always_writes_a_trace_even_when_the_model_would_answer_at_once(tiny_model_dir, setup):
-    _, tok, records, examples, rs = setup
+def biased_towards(tiny_model_dir, token: int, bias: float):
+    """The tiny model with an output bias on `token` (100: its greedy next token everywhere)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    with torch.no_grad():  # an output bias that makes <|response_start|> the greedy next token everywhere
+    with torch.no_grad():
         weight = model.get_output_embeddings().weight
         head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=True)
         head.weight.copy_(weight)
         head.bias.zero_()
-        head.bias[rs] = 100.0
+        head.bias[token] = bias
         model.lm_head = head
+    return model
+
+
+def test_forced_mode_always_writes_a_trace_even_when_the_model_would_answer_at_once(tiny_model_dir, setup):
+    _, tok, records, examples, rs = setup
+    model = biased_towards(tiny_model_dir, rs, 100.0)
     cfg = ProbeConfig(samples=1, max_trace_tokens=5, max_answer_tokens=3, batch_size=4)
     summary, rows = probe(model, tok, examples, [r.answer for r in records], cfg, rs)
     assert summary["free_think_share"] == 0.0  # left free, it answers at once
@@ -99,3 +106,29 @@ def test_probe_cli_writes_a_report_and_rejects_bad_input_before_loading(tiny_mod
     assert main(["probe", "--model", tiny_model_dir, "--bbh", "boolean_expresion", "--bbh-dir", str(bbh),
                  "--output", str(bad)]) == 2
     assert "did you mean 'boolean_expressions'" in capsys.readouterr().err and not bad.exists()
+
+
+@pytest.mark.parametrize("stop_token", ["response_start", "eos"])
+def test_the_free_mode_equals_a_decoded_free_row_whether_the_model_stops_at_once_or_not(tiny_model_dir, setup,
+                                                                                         stop_token):
+    """free_result (direct or think, by the think row's first_choice_forbidden) against a free greedy
+    row decoded on its own, on a model biased so that some questions stop at once and some do not."""
+    _, tok, _, examples, rs = setup
+    token = rs if stop_token == "response_start" else tok.eos_token_id
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = [ex.prompt_ids for ex in examples]
+    with torch.no_grad():  # how far the stop token is below the first choice after each prompt
+        gaps = sorted(float(lg.max() - lg[token]) for lg in
+                      (plain(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts))
+    half = len(gaps) // 2  # a bias between two gaps: the stop token first after half of the prompts
+    model = biased_towards(tiny_model_dir, token, (gaps[half - 1] + gaps[half]) / 2)
+    kinds = [RowKind(0), RowKind(6, 0.0, (rs, tok.eos_token_id)), RowKind(6)]
+    results = decode_rows(model, prompts, kinds, answers=None, seeds=[0] * len(prompts), response_start_id=rs,
+                          eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_answer_tokens=4)
+    stopped = [res[1].first_choice_forbidden for res in results]
+    assert 0 < sum(stopped) < len(stopped)  # both cases happen
+    for (direct, think, free), stop in zip(results, stopped):
+        derived = free_result(direct, think)
+        assert (derived.trace_ids, derived.answer_ids) == (free.trace_ids, free.answer_ids)
+        assert (free.trace_ids == []) == stop
+    assert not any(r.first_choice_forbidden for res in results for r in (res[0], res[2]))  # only forced rows

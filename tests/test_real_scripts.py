@@ -61,6 +61,29 @@ def test_a_cached_run_of_another_config_is_refused(tmp_path, tiny_model_dir, sum
         levers.train_run(out, "nrt", ["trainer.max_steps=1"], tiny_model_dir, sums_file)
 
 
+def test_probe_flags_and_a_cached_probe_is_read_only_with_the_same_options(tmp_path, tiny_model_dir, sums_file):
+    levers = load("real_levers")
+    options = {"samples": 2, "max_trace_tokens": 4, "max_answer_tokens": 3, "batch_size": 2, "bf16": False}
+    assert levers.probe_flags(options) == ["--samples", "2", "--max-trace-tokens", "4", "--max-answer-tokens", "3",
+                                           "--batch-size", "2"]
+    assert levers.probe_flags({"bf16": True}) == ["--bf16"]
+    report = tmp_path / "p.json"
+    source = ["--data", sums_file, "--limit", "2"]
+    summary = levers.probe_summary(tiny_model_dir, report, source, options, seed=3)
+    assert summary["n"] == 2 and json.loads(report.read_text())["config"]["seed"] == 3
+    before = report.read_text()
+    assert levers.probe_summary(tiny_model_dir, report, source, options, seed=3) == summary  # read, not redone
+    for changed in ({**options, "samples": 3}, options):
+        seed = 3 if changed is not options else 4
+        with pytest.raises(SystemExit, match="holds a probe with another (samples|seed)"):
+            levers.probe_summary(tiny_model_dir, report, source, changed, seed=seed)
+    with pytest.raises(SystemExit, match="another think_prompt"):
+        levers.probe_summary(tiny_model_dir, report, source, options, seed=3, think_prompt="Think.")
+    with pytest.raises(SystemExit, match="another model"):
+        levers.probe_summary(tiny_model_dir + "/", report, source, options, seed=3)
+    assert report.read_text() == before
+
+
 def test_report_says_which_runs_met_the_bar(tmp_path):
     real = load("real")
     summary = {"direct_accuracy": 0.0, "think_accuracy": 0.02, "free_accuracy": 0.01, "free_think_share": 1.0,

@@ -54,6 +54,10 @@ class RowResult:
     emitted_response_start: bool  # the model wrote <|response_start|> itself
     answer_ids: list[int]  # greedy answer without eos (empty for scored rows)
     answer_logprob: float  # scored rows: log p(reference answer + eos | ...), nats; else nan
+    # a forced row whose own first choice (the same pick without `forbid_first`) was forbidden; for a
+    # greedy row: left free, the model would have stopped at once (the trace `[]`, then the answer
+    # of a `RowKind(0)` row), and otherwise it writes this very row
+    first_choice_forbidden: bool = False
 
 
 TRACE, ANSWER, DONE = 0, 1, 2
@@ -117,6 +121,7 @@ def _decode(model, prompts, kinds, answers, seeds, rs, eos, pad, max_answer, flo
     trace_count = torch.zeros(n, dtype=torch.long)
     answer_count = torch.zeros(n, dtype=torch.long)
     emitted = torch.zeros(n, dtype=torch.bool)
+    forbidden_choice = torch.zeros(n, dtype=torch.bool)
     answer_logprob = torch.zeros(n, dtype=torch.float64)
     traces = torch.full((n, max(max_trace.max().item(), 1)), -1, dtype=torch.long)
     generated = torch.full((n, max_answer), -1, dtype=torch.long)
@@ -148,17 +153,24 @@ def _decode(model, prompts, kinds, answers, seeds, rs, eos, pad, max_answer, flo
             orig = a[rows]
             lg = logits[rows]
             first = trace_count[orig] == 0
+            temps = temperature[orig]
+
+            def pick(lg):
+                chosen = torch.empty(len(rows), dtype=torch.long)
+                for temp in temps.unique().tolist():
+                    sel = (temps == temp).nonzero().squeeze(1)
+                    u = uniforms[orig[sel], trace_count[orig[sel]].clamp_max(trace_steps - 1)]
+                    chosen[sel] = _pick(lg[sel], u, temp, 1.0)
+                return chosen
+
             if forbid_width and first.any():
                 f = forbid[orig]
+                own_choice = pick(lg)
+                forbidden_choice[orig[first]] = (own_choice[first, None] == f[first]).any(-1)
                 for j in range(forbid_width):
                     hit = first & (f[:, j] >= 0)
                     lg[hit.nonzero().squeeze(1), f[hit, j]] = -float("inf")
-            picked = torch.empty(len(rows), dtype=torch.long)
-            temps = temperature[orig]
-            for temp in temps.unique().tolist():
-                sel = (temps == temp).nonzero().squeeze(1)
-                u = uniforms[orig[sel], trace_count[orig[sel]].clamp_max(trace_steps - 1)]
-                picked[sel] = _pick(lg[sel], u, temp, 1.0)
+            picked = pick(lg)
             at_limit = trace_count[orig] >= max_trace[orig]
             stop = at_limit | (picked == rs) | (picked == eos)
             emitted[orig] = ~at_limit & (picked == rs)
@@ -208,6 +220,7 @@ def _decode(model, prompts, kinds, answers, seeds, rs, eos, pad, max_answer, flo
             if answer and answer[-1] == eos:
                 answer = answer[:-1]
             row_results.append(RowResult(trace, bool(emitted[i]), [] if kinds[ri].score_answer else answer,
-                                         float(answer_logprob[i]) if kinds[ri].score_answer else float("nan")))
+                                         float(answer_logprob[i]) if kinds[ri].score_answer else float("nan"),
+                                         bool(forbidden_choice[i])))
         results.append(row_results)
     return results

@@ -8,7 +8,10 @@ has one), optionally with a "think prompt" appended to the question:
 - direct: `<|response_start|>` right after the prompt, then a greedy answer;
 - think (forced): greedy, but the first token may not be `<|response_start|>` or eos, so the
   model writes a trace (up to `max_trace_tokens`), then `<|response_start|>` and a greedy answer;
-- free: greedy; the model may answer at once (`free_think_share`: how often it did not);
+- free: greedy; the model may answer at once (`free_think_share`: how often it did not). Not
+  decoded on its own: greedy decoding is the think row's unless the model's own first choice is
+  `<|response_start|>` or eos, and then it is the direct row's (`RowResult.first_choice_forbidden`),
+  so the free mode costs nothing (tests/test_probe.py checks it against a decoded free row);
 - reasoning gain: for K traces sampled at temperature 1, log p(answer + eos | prompt, trace,
   `<|response_start|>`) minus log p(answer + eos | prompt, `<|response_start|>`), in nats: the
   quantity of `nrt.evaluation.evaluate.answer_logprobs` (the trainer's own), computed in the same
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from nrt.data import TokenizedExample
-from nrt.engine.answer_rows import RowKind, decode_rows
+from nrt.engine.answer_rows import RowKind, RowResult, decode_rows
 from nrt.engine.sampling import question_seed
 from nrt.errors import ConfigError
 from nrt.evaluation.evaluate import normalize_answer
@@ -43,7 +46,7 @@ class ProbeConfig:
     samples: int = 4  # K traces per question for the reasoning gain (temperature 1)
     max_trace_tokens: int = 128  # trace limit for the think, free and sampled rows
     max_answer_tokens: int = 32  # greedy answer limit
-    batch_size: int = 16  # questions per decoding pass (each question has 3 + K + 1 rows)
+    batch_size: int = 16  # questions per decoding pass (each question has 2 + K + 1 rows)
     seed: int = 0  # sampling seed (per question: nrt.engine.sampling.question_seed)
     bf16: bool = False  # bfloat16 autocast
     think_prompt: str = ""  # appended to each question on a new line, e.g. "Think step by step, then give the answer."
@@ -65,10 +68,19 @@ def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
 
 
 def probe_row_kinds(cfg: ProbeConfig, response_start_id: int, eos_id: int) -> list[RowKind]:
-    """direct, think (forced), free, K sampled traces with the answer scored, the answer scored without a trace."""
+    """direct, think (forced), K sampled traces with the answer scored, the answer scored without a trace
+    (the free mode is one of the first two: `free_result`)."""
     t = cfg.max_trace_tokens
-    return ([RowKind(0), RowKind(t, 0.0, (response_start_id, eos_id)), RowKind(t)]
+    return ([RowKind(0), RowKind(t, 0.0, (response_start_id, eos_id))]
             + [RowKind(t, 1.0, score_answer=True)] * cfg.samples + [RowKind(0, score_answer=True)])
+
+
+def free_result(direct: RowResult, think: RowResult) -> RowResult:
+    """What free greedy decoding writes: the forced trace, unless the model's own first choice was to
+    stop (`<|response_start|>` or eos), which leaves the direct answer after an empty trace."""
+    if think.first_choice_forbidden:
+        return RowResult([], False, direct.answer_ids, float("nan"))
+    return think
 
 
 @torch.no_grad()
@@ -89,17 +101,17 @@ def probe(model, tokenizer, examples: list[TokenizedExample], references: list[s
             for i, (ex, res) in enumerate(zip(batch, results)):
                 reference = references[first + i]
                 row = {"source": ex.source, "reference": reference}
-                for mode, r in zip(MODES, res[:3]):
+                for mode, r in zip(MODES, [res[0], res[1], free_result(res[0], res[1])]):
                     prediction = tokenizer.decode(r.answer_ids, skip_special_tokens=True)
                     row[f"{mode}_prediction"] = prediction
                     row[f"{mode}_correct"] = normalize_answer(prediction) == normalize_answer(reference)
                     if mode != "direct":
                         row[f"{mode}_trace"] = tokenizer.decode(r.trace_ids)
                         row[f"{mode}_trace_length"] = len(r.trace_ids)
-                with_trace = [r.answer_logprob for r in res[3 : 3 + k]]
-                without = res[3 + k].answer_logprob
+                with_trace = [r.answer_logprob for r in res[2 : 2 + k]]
+                without = res[2 + k].answer_logprob
                 row["answer_logprob_per_trace"] = with_trace
-                row["sampled_trace_lengths"] = [len(r.trace_ids) for r in res[3 : 3 + k]]
+                row["sampled_trace_lengths"] = [len(r.trace_ids) for r in res[2 : 2 + k]]
                 row["answer_logprob"] = sum(with_trace) / k
                 row["answer_logprob_no_trace"] = without
                 row["reasoning_gain"] = row["answer_logprob"] - without
