@@ -160,7 +160,7 @@ def write_report(args, seeds, records, probes, minutes, argv) -> None:
     lines += ["## Did the NRT runs keep thinking?", "",
               "Kept thinking: the collapse detector silent for all steps, and the mean trace length of the last 5 "
               "steps at least half that of the first 5 (the detector's own reference). Training minutes: the sum of "
-              "the steps' generate, score and update seconds (metrics.jsonl), on a machine shared with other jobs.",
+              "the steps' generate, score and update seconds (metrics.jsonl).",
               ""]
     rows = []
     for name in RUNS:

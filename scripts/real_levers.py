@@ -39,6 +39,7 @@ THINK_PROMPT = "Think step by step, then give the answer."
 VARIANTS = {
     "default": [],
     "recipe_lr": ["trainer.learning_rate=2e-6"],  # the official recipe's learning rate
+    "warmup_0.2": ["trainer.warmup_ratio=0.2"],  # a 4x longer learning-rate warm-up (20 steps)
     "kl": ["trainer.beta=0.1"],  # KL to the initial model
     "answer_off": ["method.answer_loss=off"],
     "prefix_1": ["method.prefix_loss_coef=1.0"],
