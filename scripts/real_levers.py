@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,20 +110,30 @@ def kept_thinking(records: list[dict], window: int = 5) -> bool:
     return not any(r.get("collapse_detected") for r in records) and end >= 0.5 * start
 
 
+def final_model_saved(out: Path) -> bool:
+    return (out / "model.safetensors").is_file() or (out / "adapter_model.safetensors").is_file()
+
+
 def train_run(out: Path, method: str, overrides: list[str], model: str, data: str) -> list[dict]:
     """Train (or resume) one run through `nrt.train` and return its metrics records. A finished run
-    whose saved config is this one is read, not trained again; one with another config is an error."""
+    (metrics at the last step, final model saved) whose saved config is this one is read, not trained
+    again; one with another config is an error. A finished run's checkpoints are removed: they only
+    serve a resume, and for SmolLM2 each holds 1.6 GB (weights and optimizer state), which over the
+    nine runs of `make real-results` would fill a small disk."""
     config = nrt.resolve_config(method, model=model, data=data, output_dir=str(out), overrides=overrides)
     metrics, saved = out / "metrics.jsonl", out / "config.yaml"
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
     if saved.is_file() and yaml.safe_load(saved.read_text()) != config.to_dict():
         sys.exit(f"real_levers: error: {out} holds a run of another config; move it away or pick another --runs")
-    if not records or records[-1].get("step") != config.trainer.max_steps:
+    if not records or records[-1].get("step") != config.trainer.max_steps or not final_model_saved(out):
         try:
             nrt.train(config, resume=out.is_dir() and any(out.glob("checkpoint-*")))
         except nrt.CollapseStop:
             pass
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    if final_model_saved(out):
+        for checkpoint in out.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
     return records
 
 

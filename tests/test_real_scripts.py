@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -82,6 +83,30 @@ def test_probe_flags_and_a_cached_probe_is_read_only_with_the_same_options(tmp_p
     with pytest.raises(SystemExit, match="another model"):
         levers.probe_summary(tiny_model_dir + "/", report, source, options, seed=3)
     assert report.read_text() == before
+
+
+def test_a_run_whose_final_model_was_not_written_is_resumed_and_a_finished_runs_checkpoints_go(
+        tmp_path, tiny_model_dir, sums_file):
+    import nrt
+    from safetensors.torch import load_file
+
+    levers = load("real_levers")
+    overrides = ["trainer.max_steps=2", "trainer.save_steps=1", "trainer.per_device_train_batch_size=2",
+                 "trainer.num_generations=2", "trainer.max_completion_length=4"]
+    whole = tmp_path / "whole"
+    records = levers.train_run(whole, "nrt", overrides, tiny_model_dir, sums_file)
+    assert records[-1]["step"] == 2 and levers.final_model_saved(whole) and not list(whole.glob("checkpoint-*"))
+    # the same run, as a full disk leaves it: metrics at the last step, its checkpoint, no final model
+    cut = tmp_path / "cut"
+    nrt.train(nrt.resolve_config("nrt", model=tiny_model_dir, data=sums_file, output_dir=str(cut),
+                                 overrides=overrides))
+    (cut / "model.safetensors").unlink()
+    assert (cut / "checkpoint-2").is_dir() and not levers.final_model_saved(cut)
+    records = levers.train_run(cut, "nrt", overrides, tiny_model_dir, sums_file)  # resumed, not read
+    assert records[-1]["step"] == 2 and levers.final_model_saved(cut) and not list(cut.glob("checkpoint-*"))
+    resumed, uninterrupted = load_file(cut / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
 
 def test_report_says_which_runs_met_the_bar(tmp_path):
