@@ -82,6 +82,15 @@ def decode_rows(model, prompts: list[list[int]], kinds: list[RowKind], *, answer
                        engine.attention_in_float32 and uses_float32_attention(model))
 
 
+def _pick_per_temperature(logits: torch.Tensor, u: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+    """`_pick` for rows of mixed temperatures (greedy rows: 0)."""
+    chosen = torch.empty(len(logits), dtype=torch.long)
+    for temp in temperatures.unique().tolist():
+        sel = (temperatures == temp).nonzero().squeeze(1)
+        chosen[sel] = _pick(logits[sel], u[sel], temp, 1.0)
+    return chosen
+
+
 def _decode(model, prompts, kinds, answers, seeds, rs, eos, pad, max_answer, float32_cache):
     device = next(model.parameters()).device
     q, r = len(prompts), len(kinds)
@@ -154,23 +163,15 @@ def _decode(model, prompts, kinds, answers, seeds, rs, eos, pad, max_answer, flo
             lg = logits[rows]
             first = trace_count[orig] == 0
             temps = temperature[orig]
-
-            def pick(lg):
-                chosen = torch.empty(len(rows), dtype=torch.long)
-                for temp in temps.unique().tolist():
-                    sel = (temps == temp).nonzero().squeeze(1)
-                    u = uniforms[orig[sel], trace_count[orig[sel]].clamp_max(trace_steps - 1)]
-                    chosen[sel] = _pick(lg[sel], u, temp, 1.0)
-                return chosen
-
+            u = uniforms[orig, trace_count[orig].clamp_max(trace_steps - 1)]
             if forbid_width and first.any():
                 f = forbid[orig]
-                own_choice = pick(lg)
+                own_choice = _pick_per_temperature(lg, u, temps)
                 forbidden_choice[orig[first]] = (own_choice[first, None] == f[first]).any(-1)
                 for j in range(forbid_width):
                     hit = first & (f[:, j] >= 0)
                     lg[hit.nonzero().squeeze(1), f[hit, j]] = -float("inf")
-            picked = pick(lg)
+            picked = _pick_per_temperature(lg, u, temps)
             at_limit = trace_count[orig] >= max_trace[orig]
             stop = at_limit | (picked == rs) | (picked == eos)
             emitted[orig] = ~at_limit & (picked == rs)
