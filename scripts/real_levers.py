@@ -12,8 +12,9 @@ gym validation split (K=4 sampled traces): its reasoning gain with the standard 
 accuracy. The variants are ranked by that validation gain, among those that kept thinking
 (`kept_thinking`); nothing here reads an evaluation item.
 Every run shares the base settings below; a variant overrides some of them. Resumable: a
-finished run (its metrics reach the last step) is read, not trained again; a probe report is
-read, not probed again.
+finished run (its metrics reach the last step and its final model is saved) is read, not trained
+again, and keeps its final model only (`train_run`); a probe report made with the same options is
+read, not probed again (`probe_summary`).
 """
 
 from __future__ import annotations
