@@ -93,8 +93,7 @@ def validation_probe(model: str, name: str, overrides: list[str], args) -> dict:
     """The probe of `model` on the validation split, with the run's own think prompt."""
     return probe_summary(model, Path(args.runs) / "probes" / f"{name}.json",
                          ["--data", args.validation, "--name", "validation", "--limit", str(VALIDATION_LIMIT)],
-                         PROBE, args.seed,
-                         think_prompt_of(overrides))
+                         PROBE, args.seed, think_prompt_of(overrides))
 
 
 def trace_length_ends(records: list[dict], window: int = 5) -> tuple[float, float]:

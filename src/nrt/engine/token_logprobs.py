@@ -49,6 +49,7 @@ def head_chunk_rows(n: int, vocab: int, device: torch.device) -> int:
     budget = chunk_rows(2 * vocab, device, HEAD_CHUNK_BYTES, DEVICE_HEAD_CHUNK_BYTES)
     return max(budget, -(-n // MAX_HEAD_CHUNKS))
 
+
 _SCALING_ATTRIBUTES = ("final_logit_softcapping", "logit_softcapping", "logit_scale", "logits_scaling",
                        "output_multiplier_scale", "logit_scale_init_value")
 
