@@ -7,7 +7,7 @@ the gym's multi-hop Q&A splits, with the same
 recipe for every method (no method is tuned: one learning rate, batch, K and step budget
 for all, and each run's best step is chosen on the gym's validation split):
 
-- healthy: from models/gym-base, the demo's base, from which NRT learns to think (docs/RESULTS.md);
+- healthy: from models/gym-base (the multi-hop world only), from which NRT learns to think;
   its reasoning gain at the start is slightly positive (`nrt gym pretrain` reports it);
 - collapse-prone: from a base pretrained on the same corpus for only WEAK_STEPS steps
   (built once into --output-dir), whose facts are not yet reliable, so its sampled traces

@@ -1,9 +1,11 @@
 """Gym corpus: the document contract, no held-out question, answers that follow traces."""
 
+import json
 import re
 
 import pytest
 
+from nrt.evaluation.evaluate import default_bbh_dir
 from nrt.gym import tasks as T
 from nrt.gym import world as W
 from nrt.gym.corpus import Corpus, CorpusConfig, qa_document
@@ -45,6 +47,30 @@ def test_corpus_has_no_question_of_any_split(corpus):
     text = "\n".join(docs)
     for q in list(held)[:: max(1, len(held) // 500)]:  # nor inside any text (a longer expression)
         assert q.removesuffix(" is") not in text
+
+
+def test_corpus_holds_no_real_bbh_question(corpus):
+    """The real BIG-Bench-Hard inputs (read from their files, not through the fingerprints the
+    generators use) appear nowhere in the corpus: not as a question, not inside a longer
+    expression, not as a trace state."""
+    _, docs = corpus
+    # one line of space-separated tokens per document; trace states and questions are then
+    # token runs bounded by spaces
+    text = " ".join(" " + d.replace(RESPONSE_START, " | ").replace(EOS, " |").replace("\n", " | ") + " "
+                    for d in docs)
+    found = 0
+    for task, suffix in (("boolean_expressions", " is"), ("multistep_arithmetic_two", " =")):
+        path = default_bbh_dir() / f"{task}.json"
+        if not path.exists():
+            pytest.skip("BBH files not available")
+        for ex in json.loads(path.read_text())["examples"]:
+            expression = ex["input"].removesuffix(suffix)
+            assert f" {expression} " not in text, f"{task}: {ex['input']!r} is in the corpus"
+            found += 1
+    assert found == 500
+    # the check can fail: a document holding a BBH expression is found
+    planted = " " + qa_document(ex["input"], ex["target"]).replace("\n", " | ") + " "
+    assert f" {expression} " in planted
 
 
 def test_think_share_and_answers_follow_their_traces(corpus):

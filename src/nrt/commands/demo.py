@@ -1,16 +1,23 @@
 """`nrt demo`: the embedded default job, on the reasoning gym, in minutes on a CPU.
 
-1. The base model: a 4.4M-parameter Llama pretrained from scratch on the gym's multi-hop
-   world (`nrt gym pretrain --tasks multihop --steps 600`); the repo ships the result in
-   models/gym-base, and the demo rebuilds it there when it is missing.
-2. The gym's Q&A splits for that world (`nrt gym data`): composed questions ("where does
-   the mother of X live?") over people whose composed questions never appear in
-   pretraining; plain question-answer pairs, no reasoning in them.
-3. SFT (direct question -> answer) and NRT (the default preset) trained on the same train
-   split, each run's best step chosen on the validation split.
-4. Base, SFT and NRT evaluated on the test split and on the real BIG-Bench-Hard items of
-   boolean_expressions and multistep_arithmetic_two; a table, a report directory with
-   markdown and PNG curves, and optionally docs/RESULTS.md.
+1. The base model: a 4.4M-parameter Llama pretrained from scratch on the gym corpus of its
+   three tasks (`nrt gym pretrain --tasks multihop,boolean_expressions,multistep_arithmetic_two
+   --steps 2300`); the repo ships the result in models/gym-bbh, and the demo rebuilds it there
+   when it is missing.
+2. The gym's Q&A splits of those tasks (`nrt gym data`): composed multi-hop questions ("where
+   does the mother of X live?") over people whose composed questions never appear in
+   pretraining, and generated questions of the two BIG-Bench-Hard formats that never appear
+   there either; plain question-answer pairs, no reasoning in them. The demo trains on a
+   balanced mix of the three tasks (`write_mixed`).
+3. SFT (direct question -> answer) and NRT (the default preset) trained on the same mix, each
+   run's best step chosen on a mixed validation split.
+4. Base, SFT and NRT evaluated on each task's gym test split and on the real BIG-Bench-Hard
+   items of boolean_expressions and multistep_arithmetic_two; a table of accuracy, one of
+   think share and trace length, a report directory with markdown and PNG curves, and
+   optionally docs/RESULTS.md (which adds the base's premise on training questions and on
+   the real items).
+
+`--base models/gym-base` (the multi-hop world only) runs the same job on that one task.
 """
 
 from __future__ import annotations
@@ -20,9 +27,14 @@ import shlex
 import sys
 from pathlib import Path
 
-BASE_DIR = "models/gym-base"
+BASE_DIR = "models/gym-bbh"
+TASKS = ("multihop", "boolean_expressions", "multistep_arithmetic_two")  # trained on, together
+BBH_TASKS = ("boolean_expressions", "multistep_arithmetic_two")  # their real items: evaluation only
+TRAIN_PER_TASK = 432  # the multihop train split whole; as many of each other task's (balanced mix)
+VALIDATION_PER_TASK = 48  # model selection on 144 validation questions, a third per task
+TRACE_TOKENS = 96  # arithmetic traces are the longest: about 70 tokens
 COMMON = [  # both methods
-    "trainer.learning_rate=1e-4", "trainer.warmup_ratio=0.05", "trainer.max_completion_length=48",
+    "trainer.learning_rate=1e-4", "trainer.warmup_ratio=0.05", f"trainer.max_completion_length={TRACE_TOKENS}",
     "trainer.bf16=true", "trainer.save_steps=1000", "trainer.eval_batch_size=144", "data.max_answer_length=16",
 ]
 METHODS = {
@@ -30,7 +42,6 @@ METHODS = {
     "nrt": ["trainer.max_steps=50", "trainer.eval_steps=10", "trainer.num_generations=8",
             "trainer.per_device_train_batch_size=128"],
 }
-BBH_TASKS = ("boolean_expressions", "multistep_arithmetic_two")
 
 
 def add_demo(sub) -> None:
@@ -45,7 +56,7 @@ def add_demo(sub) -> None:
 def run_demo(args) -> None:
     from nrt.commands.usage import fail
     from nrt.evaluation.evaluate import default_bbh_dir
-    from nrt.gym.pretrain import ensure_base
+    from nrt.gym.pretrain import BBH_BASE_PRETRAIN, ensure_base
     from nrt.experiments.compare import EvalFile, Experiment, run
 
     try:
@@ -53,79 +64,204 @@ def run_demo(args) -> None:
     except ValueError:
         fail(f"--seeds {args.seeds!r}: expected comma-separated integers")
     out = Path(args.output_dir)
-    base = ensure_base(Path(args.base))
+    base = ensure_base(Path(args.base), **BBH_BASE_PRETRAIN)
     pretrain_report = json.loads((base / "gym.json").read_text())
-    data = out / "data"
-    if not (data / "multihop" / "test.jsonl").is_file():
-        from nrt.gym.probe import gym_corpus_of
-        from nrt.gym.tasks import write_splits
-
-        corpus = gym_corpus_of(str(base))
-        write_splits(str(data), {"multihop": corpus.items["multihop"]})
+    tasks = write_splits(base, out / "data")
+    trained = trained_tasks(tasks, pretrain_report)
+    if trained != tasks:
+        print(f"note: not training on {', '.join(t for t in tasks if t not in trained)}: the base's reasoning gain "
+              "there is negative (gym.json), so NRT would learn to stop thinking; evaluated only", file=sys.stderr)
+    train, validation = write_mixed(out / "data", trained)
+    eval_sets = [EvalFile(f"gym_{task}", str(out / "data" / task / "test.jsonl")) for task in tasks]
     bbh_dir = default_bbh_dir()
-    eval_sets = [EvalFile("gym_test", str(data / "multihop" / "test.jsonl"))]
     for task in BBH_TASKS:
         if (bbh_dir / f"{task}.json").is_file():
             eval_sets.append(EvalFile(f"bbh_{task}", str(bbh_dir / f"{task}.json"), "input", "target"))
         else:
             print(f"note: {bbh_dir / (task + '.json')} not found; skipping that BBH task", file=sys.stderr)
     exp = Experiment(
-        base_model=str(base), train_data=str(data / "multihop" / "train.jsonl"), output_dir=out,
+        base_model=str(base), train_data=str(train), output_dir=out,
         methods=list(METHODS), seeds=seeds, eval_sets=eval_sets,
-        validation_data=str(data / "multihop" / "validation.jsonl"), overrides=COMMON,
-        method_overrides=METHODS, select="best", max_trace_tokens=48,
+        validation_data=str(validation), overrides=COMMON,
+        method_overrides=METHODS, select="best", max_trace_tokens=TRACE_TOKENS,
     )
     summary = run(exp)
     report = (out / "report.md").read_text()
     print(report)
     if args.results:
-        write_results(Path(args.results), out, summary, seeds, pretrain_report)
+        write_results(Path(args.results), out, exp, summary, seeds, pretrain_report, trained)
         print(f"results: {args.results}")
 
 
-def gain_sentence(pretrain_report: dict) -> str:
-    """How `nrt gym pretrain` found NRT's premise on the training questions, for the results page."""
-    gains = pretrain_report.get("reasoning_gain_train", {})
-    return "".join(f"; its reasoning gain on the {task} training questions before any RL run was "
-                   f"{g['mean']:+.3f} ± {g['stderr']:.3f} nats (mean ± standard error over "
-                   f"{g['questions']} questions x {g['traces_per_question']} sampled traces)"
-                   for task, g in gains.items())
+def trained_tasks(tasks: list[str], pretrain_report: dict) -> list[str]:
+    """The tasks to train on: those where the base's reasoning gain on training questions
+    (`nrt gym pretrain`'s premise check) is not negative, i.e. not below -2 standard errors."""
+    premise = pretrain_report.get("reasoning_gain_train", {})
+    return [t for t in tasks if t not in premise or premise[t]["mean"] >= -2 * premise[t]["stderr"]]
 
 
-def write_results(path: Path, out: Path, summary: dict, seeds: list[int], pretrain_report: dict) -> None:
-    """docs/RESULTS.md: the demo's table over seeds, the plots, and how each split was used."""
+def write_splits(base: Path, data: Path) -> list[str]:
+    """DATA/<task>/<split>.jsonl: the gym splits of the base's corpus (as `nrt gym data`) for the
+    TASKS it was pretrained on, which it returns. Deterministic from the base's gym.json; each
+    file is written whole (a temporary file renamed)."""
+    from nrt.gym.probe import gym_corpus_of
+    from nrt.gym.tasks import SPLITS
+    from nrt.training.run_record import atomic_write_text
+
+    corpus = gym_corpus_of(str(base))
+    tasks = [t for t in TASKS if t in corpus.items]
+
+    def write(path: Path, items) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(json.dumps({"question": i.question, "answer": i.answer}) + "\n"
+                                        for i in items))
+
+    for task in tasks:
+        for split in SPLITS:
+            write(data / task / f"{split}.jsonl", corpus.items[task][split])
+    return tasks
+
+
+def write_mixed(data: Path, tasks: list[str]) -> tuple[Path, Path]:
+    """DATA/train.jsonl and DATA/validation.jsonl: the first TRAIN_PER_TASK / VALIDATION_PER_TASK
+    lines of each task's split file, interleaved (one of each task in turn)."""
+    from nrt.training.run_record import atomic_write_text
+
+    mixed = []
+    for split, per_task in (("train", TRAIN_PER_TASK), ("validation", VALIDATION_PER_TASK)):
+        columns = [(data / t / f"{split}.jsonl").read_text().splitlines()[:per_task] for t in tasks]
+        mixed.append(data / f"{split}.jsonl")
+        atomic_write_text(mixed[-1], "".join(line + "\n" for row in zip(*columns) for line in row))
+    return mixed[0], mixed[1]
+
+
+def premise_table(pretrain_report: dict) -> str:
+    """What `nrt gym pretrain` measured on each task's training questions before any RL run."""
+    from nrt.evaluation.report import markdown_table
+
+    rows = []
+    for task, g in pretrain_report.get("reasoning_gain_train", {}).items():
+        accuracy = [f"{100 * g[k]:.1f}" if k in g else "n/a" for k in ("direct_accuracy", "think_accuracy",
+                                                                        "free_accuracy")]
+        rows.append([task, str(g["questions"]), *accuracy, f"{g['mean']:+.3f} ± {g['stderr']:.3f}"])
+    return markdown_table(["task", "questions", "direct acc %", "forced think acc %", "free acc %",
+                           "reasoning gain (nats)"], rows)
+
+
+def probe_base_on_bbh(base: Path, eval_sets, out: Path) -> dict:
+    """The base's premise probe (`nrt probe`: direct, forced-think and free accuracy, reasoning gain)
+    on the real BBH items; written to OUT/base_bbh_probe.json."""
+    from nrt.data import read_examples
+    from nrt.evaluation.probe import ProbeConfig, probe
+    from nrt.model_loading import load_model, load_tokenizer
+    from nrt.tokens import ensure_response_start_token
+    from nrt.training.run_record import atomic_write_text
+
+    tokenizer, model = load_tokenizer(base), load_model(base).eval()
+    rs = ensure_response_start_token(model, tokenizer)
+    cfg = ProbeConfig(samples=2, max_trace_tokens=TRACE_TOKENS, max_answer_tokens=16, batch_size=64, bf16=True)
+    report = {}
+    for s in eval_sets:
+        if s.name.startswith("bbh_"):
+            records, examples, _ = read_examples(s.path, tokenizer, s.question_field, s.answer_field)
+            report[s.name], _ = probe(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
+    atomic_write_text(out / "base_bbh_probe.json", json.dumps({"model": str(base), "config": vars(cfg),
+                                                               "tasks": report}, indent=1))
+    return report
+
+
+def probe_table(report: dict) -> str:
+    from nrt.evaluation.report import markdown_table
+
+    pct = lambda s, k: f"{100 * s[k]:.1f} ± {100 * s[k + '_se']:.1f}"  # noqa: E731
+    rows = [[name, str(s["n"]), pct(s, "direct_accuracy"), pct(s, "think_accuracy"), pct(s, "free_accuracy"),
+             f"{s['reasoning_gain']:+.2f} ± {s['reasoning_gain_se']:.2f}"] for name, s in report.items()]
+    return markdown_table(["real items", "n", "direct acc %", "forced think acc %", "free acc %",
+                           "reasoning gain (nats)"], rows)
+
+
+def margin(summary: dict, eval_set: str, against: tuple[str, ...]) -> float:
+    """NRT's mean accuracy on `eval_set` minus the best mean of the methods `against` (points)."""
+    def mean(method: str) -> float:
+        if method == "base":
+            return summary["base"][eval_set]["accuracy"]
+        runs = [r["eval"][eval_set]["accuracy"] for r in summary["runs"] if r["method"] == method]
+        return sum(runs) / len(runs)
+
+    return 100 * (mean("nrt") - max(mean(m) for m in against))
+
+
+def write_results(path: Path, out: Path, exp, summary: dict, seeds: list[int], pretrain_report: dict,
+                  trained: list[str]) -> None:
+    """docs/RESULTS.md: the demo's tables over seeds, the premises, the plots, and how each split was used."""
     import shutil
 
-    from nrt.gym.pretrain import pretrain_command
+    from nrt.gym.pretrain import BBH_BASE_PRETRAIN, pretrain_command
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = path.parent / "results_curves.png"
     shutil.copy(out / "curves.png", figure)
     command = "nrt demo " + shlex.join(["--seeds", ",".join(map(str, seeds)), "--results", str(path)])
     base = pretrain_report
+    names = [s.name for s in exp.eval_sets]
+    goals = []
+    if "gym_multihop" in names:
+        goals.append(f"- Multi-hop (gym test people): NRT {margin(summary, 'gym_multihop', ('sft',)):+.1f} points "
+                     "against SFT (goal: at least +10).")
+    if "bbh_multistep_arithmetic_two" in names:
+        m = margin(summary, "bbh_multistep_arithmetic_two", ("base", "sft"))
+        goals.append(f"- Real BBH `multistep_arithmetic_two`: NRT {m:+.1f} points against the better of base and "
+                     f"SFT (goal: at least +10; {'met' if m >= 10 else f'missed by {10 - m:.1f} points'}).")
+    trained_text = ", ".join(f"`{t}`" for t in trained)
+    untrained = [t for t in names if t.startswith("gym_") and t[4:] not in trained]
+    untrained_text = "" if not untrained else (
+        f" Not trained on: {', '.join(f'`{t[4:]}`' for t in untrained)}, where the base's reasoning gain "
+        "was negative (below -2 standard errors; table below): NRT would learn to stop thinking there. "
+        "Its test split is evaluated all the same.")
+    bbh_probe = probe_base_on_bbh(Path(exp.base_model), exp.eval_sets, out)
     text = f"""# Results on the reasoning gym
 
 Produced by `{command}` (`make results`); numbers are mean ± std over seeds {', '.join(map(str, seeds))}.
 
-Base model: {base['parameters'] / 1e6:.2f}M-parameter Llama pretrained from scratch by
-`{pretrain_command()}` ({base['tokens_seen'] / 1e6:.1f}M tokens,
-{base['wall_s'] / 60:.0f} min wall on the machine that built it){gain_sentence(base)}. Accuracy is exact match of
+Base model: a {base['parameters'] / 1e6:.2f}M-parameter Llama pretrained from scratch by
+`{pretrain_command(BBH_BASE_PRETRAIN)}` ({base['tokens_seen'] / 1e6:.1f}M tokens,
+{base['wall_s'] / 60:.0f} min wall on the machine that built it) on the gym corpus of all three tasks:
+the multi-hop world, and the generated `boolean_expressions` and `multistep_arithmetic_two`
+questions in BIG-Bench-Hard's format (every BBH item removed by fingerprint). SFT and NRT
+train on the gym's question-answer pairs of {trained_text} together. Accuracy is exact match of
 the answer the model writes after its own greedy think-then-answer; "gain" is the answer
-log-likelihood after a sampled trace minus without one, on the gym test split.
+log-likelihood after a sampled trace minus without one, on the gym's multi-hop test split.
 
 {summary['table']}
 
+{chr(10).join(goals)}
+
+Thinking (share of greedy answers written after a trace, and the trace's mean length):
+
+{summary['behaviour_table']}
+
 ![curves]({figure.name})
 
+The premise, measured by `nrt gym pretrain` on each task's training questions before any RL run
+(greedy accuracy answering directly, after a forced trace, and free to choose; reasoning gain
+over 4 sampled traces per question, ± standard error over questions):
+
+{premise_table(base)}
+
+The base on the real BBH items (`nrt probe`: 2 sampled traces per question for the gain,
+bf16; ± standard error over questions; chance is 50% for `boolean_expressions`):
+
+{probe_table(bbh_probe)}
+
 How the data was used:
-- Training (SFT and NRT): the gym's multihop train split, question-answer pairs only.
-- Model selection: each run is evaluated on the gym's validation split every 10 steps
-  (and at step 0); the step with the best validation accuracy is the one reported. The
-  recipe's settings (learning rate, steps, batch) were fixed from validation runs on the
-  gym only.
-- The BIG-Bench-Hard files are evaluation data only: never in the pretraining corpus
-  (the gym's generators drop any BBH question by fingerprint), never in training, never
-  used to choose anything. The base model here is pretrained on the multi-hop world only,
-  so it has no skill for the two BBH tasks; their numbers are reported as measured.
+- Training (SFT and NRT): {TRAIN_PER_TASK} question-answer pairs of the gym train split of each
+  of {trained_text}, interleaved (no reasoning in them).{untrained_text}
+- Model selection: each run is evaluated on {VALIDATION_PER_TASK} questions of each trained task's
+  gym validation split every 10 steps (and at step 0); the step with the best validation accuracy
+  is the one reported. The recipe's settings (learning rate, steps, batch) were fixed from
+  validation runs on the gym only.
+- The BIG-Bench-Hard files are evaluation data only: never in the pretraining corpus (the
+  gym's generators drop any BBH question by fingerprint; tests/test_gym_corpus.py checks the
+  corpus against the files' text), never in training or validation, never used to choose anything.
 """
     path.write_text(text)

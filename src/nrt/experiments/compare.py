@@ -199,6 +199,20 @@ def run(exp: Experiment, log=print) -> dict:
     return summary
 
 
+def behaviour_table(exp: Experiment, summary: dict) -> str:
+    """Per evaluation set and model: how often the greedy answer came after a trace (%), and the
+    trace's mean length in tokens, each mean ± std over seeds."""
+    per_method = [("base", [summary["base"]])] if "base" in summary else []
+    per_method += [(m, [r["eval"] for r in summary["runs"] if r["method"] == m]) for m in exp.methods]
+    rows = []
+    for s in exp.eval_sets:
+        cells = [f"{fmt(*mean_std([e[s.name]['think_share'] for e in evals]), percent=True)} % · "
+                 f"{fmt(*mean_std([e[s.name]['trace_length_mean'] for e in evals]), digits=1)} tokens"
+                 for _, evals in per_method]
+        rows.append([s.name, *cells])
+    return markdown_table(["evaluation set", *[m for m, _ in per_method]], rows)
+
+
 def write_report(exp: Experiment, summary: dict) -> Path:
     out = Path(exp.output_dir)
     names = [s.name for s in exp.eval_sets]
@@ -221,14 +235,17 @@ def write_report(exp: Experiment, summary: dict) -> Path:
         wall = fmt(*mean_std([r["wall_s"] for r in runs]), digits=0)
         rows.append([method, *cells, gain, length, entropy, collapse, wall])
     table = markdown_table(header, rows)
+    behaviour = behaviour_table(exp, summary)
     curves = plot_curves({m: [read_metrics(run_directory(exp, m, s)) for s in exp.seeds] for m in exp.methods},
                          CURVES, out / "curves.png")
     seeds = ", ".join(map(str, exp.seeds))
     text = (f"# Comparison\n\nMethods trained on `{exp.train_data}` from `{exp.base_model}`, seeds {seeds}; "
             f"accuracy of greedy think-then-answer (exact match), mean ± std over seeds, "
             f"{'validation-selected' if exp.select == 'best' else 'final'} models.\n\n{table}\n\n"
-            f"![curves]({curves.name})\n")
+            f"Thinking: the share of greedy answers that came after a trace, and the trace's mean length:"
+            f"\n\n{behaviour}\n\n![curves]({curves.name})\n")
     (out / "report.md").write_text(text)
     summary["table"] = table  # for pages that quote it (docs/RESULTS.md, docs/METHODS.md)
+    summary["behaviour_table"] = behaviour
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return out / "report.md"

@@ -3,8 +3,10 @@
 - tasks.py: task generators and train / validation / test splits of plain Q&A pairs:
   `boolean_expressions` and `multistep_arithmetic_two` (BIG-Bench-Hard formats) and
   `multihop` (composed questions over world.py's people, parents and cities).
-- corpus.py: pretraining documents: elementary skills over everything, direct answers,
-  and a minority of think-then-answer documents whose answers follow their traces.
+- corpus.py: pretraining documents: elementary skills over everything (facts, one-hop
+  questions, single arithmetic operations and group reductions, short boolean rewrites),
+  composed questions answered directly, and a minority of think-then-answer documents whose
+  answers follow their traces.
 - tokenizer.py: a small byte-level BPE (`PreTrainedTokenizerFast`) with `<|endoftext|>`
   (eos = pad) and `<|response_start|>`.
 - pretrain.py: `pretrain(PretrainConfig(...))`: tokenizer + tiny Llama from scratch, on

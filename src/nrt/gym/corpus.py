@@ -11,13 +11,18 @@ What the corpus holds, per task, and why:
 - Elementary skills over the whole population / operand range: every fact of the world
   (multihop), one-hop questions about every person answered directly or after a one-fact
   trace in the very sentence form a composed trace uses (so copying the person from the
-  question and recalling one fact in trace form is practised for everyone), single
-  arithmetic operations drawn from the steps real traces take, and short boolean
-  expressions (single operations).
+  question and recalling one fact in trace form is practised for everyone); single
+  arithmetic operations over the operand range trace steps meet (one to three digits,
+  signed; `tasks.random_operation`) and whole groups "a o b o c o d" reduced step by step
+  as a trace writes them (every group is practised; a question has two of them); boolean
+  expressions of other lengths than the task's 8 tokens, mostly after their rewrite steps
+  (`rewrite_think_share`). Arithmetic operations are the slowest skill to learn, so
+  arithmetic gets over half of the tokens.
 - Composed questions of the corpus-only `pretrain` pool only, mostly answered directly
   and a minority (`think_share`) after a full trace. The model thus learns the format and
   the habit of sometimes thinking, and direct answers of unseen composed questions stay
-  hard. No question of the train / validation / test splits ever appears (tested).
+  hard. No question of the train / validation / test splits, and no real BIG-Bench-Hard
+  question, ever appears (tests/test_gym_corpus.py).
 - A fraction (`trace_error`) of the traces contains one wrong step; later steps and the
   answer follow the wrong value. Answers must follow their own traces (GYM_NOTES 2), else
   the model learns that answers ignore traces and thinking cannot help.
@@ -43,13 +48,18 @@ def qa_document(question: str, answer: str, trace: str = "") -> str:
 class CorpusConfig:
     seed: int = 0
     tasks: tuple[str, ...] = T.TASKS
-    # share of documents per task (normalised over `tasks`); multihop, the task known to
-    # show NRT's effect, gets about 55% of the tokens, boolean 13%, arithmetic 33%
+    # share of documents per task (normalised over `tasks`). Tokens: arithmetic about 56%
+    # (its operations take the longest to learn), multihop 25%, boolean 19%
     task_weights: dict = field(default_factory=lambda: {
-        "multihop": 0.65, "boolean_expressions": 0.15, "multistep_arithmetic_two": 0.2})
+        "multihop": 0.3, "boolean_expressions": 0.2, "multistep_arithmetic_two": 0.5})
     think_share: float = 0.35  # composed questions answered after a trace
     one_hop_think_share: float = 0.5  # one-hop questions answered after a one-fact trace
+    # boolean expressions of other lengths than the task's answered after their rewrite steps:
+    # practice of the steps a trace takes, which sampled traces must get right
+    rewrite_think_share: float = 0.7
     trace_error: float = 0.1  # traces with one wrong step (the answer follows the trace)
+    # arithmetic documents: single operations / one group reduced / composed questions
+    arithmetic_mix: tuple[float, float, float] = (0.5, 0.3, 0.2)
     n_people: int = 240
     # people by the group of their composed questions: pretrain (in the corpus) / train /
     # validation / test (models/gym-base: 96 / 72 / 24 / 48 people). Held-out traces were
@@ -121,11 +131,11 @@ class Corpus:
         r = self.rng
         while True:
             n = r.choice([2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 8, 8, 9, 9, 10])
-            if n == 8:
-                item = r.choice(self.items["boolean_expressions"]["pretrain"])
-            else:
-                item = T.bool_item(T.random_bool_expression(r, n))
-            if not self._think(self.cfg.think_share):
+            if n == 8:  # the task's length: a composed question of the corpus-only pool
+                item, share = r.choice(self.items["boolean_expressions"]["pretrain"]), self.cfg.think_share
+            else:  # other lengths: practice of the rewrite steps
+                item, share = T.bool_item(T.random_bool_expression(r, n)), self.cfg.rewrite_think_share
+            if not self._think(share):
                 item = T.Item(item.question, item.answer, "")
             elif self._think(self.cfg.trace_error):
                 steps = T.bool_steps(item.question, error_at=r.randrange(len(T.bool_steps(item.question))))
@@ -149,11 +159,13 @@ class Corpus:
     # ------------------------------------------------------------------ arithmetic
 
     def _arithmetic(self) -> str:
-        r = self.rng
-        if r.random() < 0.4:  # single operations, as they occur inside traces
-            ops = T.arith_operations(T.random_arith_expression(r))
-            picks = r.sample(ops, r.randint(1, 3))
+        r, (operations, groups, _) = self.rng, self.cfg.arithmetic_mix
+        kind = r.random()
+        if kind < operations:  # single operations over the operand range traces meet
+            picks = [T.random_operation(r) for _ in range(r.randint(1, 4))]
             return " ".join(T.op_text(x, o, y, T.apply_op(x, o, y)) + "." for x, o, y in picks) + EOS
+        if kind < operations + groups:  # one group reduced step by step, as inside a trace
+            return T.group_trace(T.random_arith_group(r)) + EOS
         item = r.choice(self.items["multistep_arithmetic_two"]["pretrain"])
         if not self._think(self.cfg.think_share):
             return qa_document(item.question, item.answer)

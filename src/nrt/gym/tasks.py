@@ -311,16 +311,40 @@ def arith_item(expr: str) -> Item:
     return Item(expr, str(v), trace)
 
 
-def random_arith_expression(rng: random.Random) -> str:
-    def group():
-        out = []
-        for k in range(4):
-            if k:
-                out.append(rng.choice("+-*"))
-            out.append(rng.randint(-9, 9))
-        return _fmt(out)
+def random_arith_group(rng: random.Random) -> list:
+    """One group of the task's expressions: [a, op, b, op, c, op, d], a..d in -9..9."""
+    out: list = []
+    for k in range(4):
+        if k:
+            out.append(rng.choice("+-*"))
+        out.append(rng.randint(-9, 9))
+    return out
 
-    return f"(({group()}) {rng.choice('+-*')} ({group()})) ="
+
+def random_arith_expression(rng: random.Random) -> str:
+    left = _fmt(random_arith_group(rng))
+    op = rng.choice("+-*")
+    right = _fmt(random_arith_group(rng))
+    return f"(({left}) {op} ({right})) ="
+
+
+def group_trace(group: list) -> str:
+    """A group's part of an arithmetic trace: "-1+2+9*5=-1+2+45=1+45=46."."""
+    return "=".join(compact(s) for s in [group] + group_steps(group)) + "."
+
+
+def random_operation(rng: random.Random) -> tuple[int, str, int]:
+    """One operation (a, op, b) as trace steps meet them: a one-digit operand with a one- or
+    two-digit one mostly, three digits or two multi-digit operands less often (a product of
+    two multi-digit numbers is rare in traces: about 2% of steps)."""
+    op = rng.choice("+-*")
+
+    def operand(multi_digit_share: float) -> int:
+        digits = 1 if rng.random() >= multi_digit_share else rng.choices((2, 3), (0.9, 0.1))[0]
+        return rng.randint(-(10 ** digits - 1), 10 ** digits - 1)
+
+    a, b = operand(0.55), operand(0.5 if op != "*" else 0.1)
+    return (a, op, b) if rng.random() < 0.5 else (b, op, a)
 
 
 # --------------------------------------------------------------------------- splits

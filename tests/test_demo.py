@@ -1,0 +1,98 @@
+"""The demo's data (three gym tasks mixed, BBH never in it) and its results arithmetic."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from nrt.commands import demo
+from nrt.evaluation.evaluate import default_bbh_dir
+from nrt.experiments.compare import EvalFile, Experiment, behaviour_table
+from nrt.gym.corpus import CorpusConfig
+
+
+def fake_base(path: Path, **corpus) -> Path:
+    """A directory with the gym.json of a gym-pretrained model (all the demo's data needs)."""
+    path.mkdir(parents=True)
+    cfg = asdict(CorpusConfig(**corpus))
+    (path / "gym.json").write_text(json.dumps({"config": {"corpus": None}, "corpus_config": cfg}))
+    return path
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    tasks = demo.write_splits(fake_base(root / "base"), root / "data")
+    return (tasks, *demo.write_mixed(root / "data", tasks)), root / "data"
+
+
+def test_mixed_files_hold_each_task_equally_and_interleaved(data):
+    (tasks, train, validation), folder = data
+    assert tasks == list(demo.TASKS)
+    for mixed, split, per_task in ((train, "train", demo.TRAIN_PER_TASK),
+                                   (validation, "validation", demo.VALIDATION_PER_TASK)):
+        rows = read(mixed)
+        assert len(rows) == per_task * len(tasks)
+        for k, task in enumerate(tasks):  # row i*3+k is the i-th question of task k's split
+            assert rows[k::len(tasks)] == read(folder / task / f"{split}.jsonl")[:per_task]
+
+
+def test_no_question_is_in_two_splits_and_no_bbh_input_anywhere(data):
+    (tasks, train, validation), folder = data
+    questions = {split: {r["question"] for t in tasks for r in read(folder / t / f"{split}.jsonl")}
+                 for split in ("train", "validation", "test")}
+    assert not questions["train"] & questions["validation"] and not questions["train"] & questions["test"]
+    assert not questions["validation"] & questions["test"]
+    written = {r["question"] for f in folder.rglob("*.jsonl") for r in read(f)}
+    bbh = set()
+    for task in demo.BBH_TASKS:
+        path = default_bbh_dir() / f"{task}.json"
+        if not path.exists():
+            pytest.skip("BBH files not available")
+        bbh |= {ex["input"] for ex in json.loads(path.read_text())["examples"]}
+    assert len(bbh) == 500 and not written & bbh
+    # the same questions, in BBH's format: a generated question equal to a BBH input would be caught
+    assert any(q.endswith((" is", " =")) for q in written)
+
+
+def test_a_multihop_only_base_gives_the_multihop_demo(tmp_path):
+    tasks = demo.write_splits(fake_base(tmp_path / "base", tasks=("multihop",)), tmp_path / "data")
+    train, _ = demo.write_mixed(tmp_path / "data", tasks)
+    assert tasks == ["multihop"] and len(read(train)) == demo.TRAIN_PER_TASK
+
+
+def test_a_task_whose_premise_is_negative_is_not_trained_on():
+    premise = {"a": {"mean": 0.5, "stderr": 0.1}, "b": {"mean": -0.1, "stderr": 0.1},  # inconclusive: kept
+               "c": {"mean": -0.3, "stderr": 0.1}}  # negative: dropped
+    assert demo.trained_tasks(["a", "b", "c", "d"], {"reasoning_gain_train": premise}) == ["a", "b", "d"]
+    assert demo.trained_tasks(["a", "c"], {}) == ["a", "c"]  # a base with no premise record
+
+
+def test_margin_is_nrt_minus_the_best_other_mean_in_points():
+    def run(method, acc):
+        return {"method": method, "eval": {"x": {"accuracy": acc}}}
+
+    summary = {"base": {"x": {"accuracy": 0.10}},
+               "runs": [run("sft", 0.20), run("sft", 0.30), run("nrt", 0.40), run("nrt", 0.50)]}
+    assert demo.margin(summary, "x", ("base", "sft")) == pytest.approx(100 * (0.45 - 0.25))
+    assert demo.margin(summary, "x", ("base",)) == pytest.approx(100 * (0.45 - 0.10))
+
+
+def test_behaviour_table_gives_think_share_and_trace_length_per_set_and_method():
+    exp = Experiment(base_model="b", train_data="t", output_dir=Path("o"), methods=["nrt"], seeds=[0, 1],
+                     eval_sets=[EvalFile("a", "a.jsonl"), EvalFile("b", "b.jsonl")])
+
+    def ev(share, length):
+        return {n: {"think_share": share, "trace_length_mean": length} for n in ("a", "b")}
+
+    summary = {"base": ev(0.0, 0.0), "runs": [{"method": "nrt", "eval": ev(0.5, 10.0)},
+                                              {"method": "nrt", "eval": ev(1.0, 20.0)}]}
+    lines = behaviour_table(exp, summary).splitlines()
+    assert lines[0] == "| evaluation set | base | nrt |"
+    assert lines[2] == "| a | 0.0 ± 0.0 % · 0.0 ± 0.0 tokens | 75.0 ± 35.4 % · 15.0 ± 7.1 tokens |"
+    assert len(lines) == 4
