@@ -66,13 +66,6 @@ def test_a_multihop_only_base_gives_the_multihop_demo(tmp_path):
     assert tasks == ["multihop"] and len(read(train)) == demo.TRAIN_PER_TASK
 
 
-def test_a_task_whose_premise_is_negative_is_not_trained_on():
-    premise = {"a": {"mean": 0.5, "stderr": 0.1}, "b": {"mean": -0.1, "stderr": 0.1},  # inconclusive: kept
-               "c": {"mean": -0.3, "stderr": 0.1}}  # negative: dropped
-    assert demo.trained_tasks(["a", "b", "c", "d"], {"reasoning_gain_train": premise}) == ["a", "b", "d"]
-    assert demo.trained_tasks(["a", "c"], {}) == ["a", "c"]  # a base with no premise record
-
-
 def test_margin_is_nrt_minus_the_best_other_mean_in_points():
     def run(method, acc):
         return {"method": method, "eval": {"x": {"accuracy": acc}}}
@@ -96,3 +89,14 @@ def test_behaviour_table_gives_think_share_and_trace_length_per_set_and_method()
     assert lines[0] == "| evaluation set | base | nrt |"
     assert lines[2] == "| a | 0.0 ± 0.0 % · 0.0 ± 0.0 tokens | 75.0 ± 35.4 % · 15.0 ± 7.1 tokens |"
     assert len(lines) == 4
+
+
+def test_premise_notes_explain_only_the_tasks_whose_gain_was_negative():
+    premise = {"a": {"mean": 1.0, "stderr": 0.1, "direct_accuracy": 0.1, "think_accuracy": 0.9},
+               "b": {"mean": -0.7, "stderr": 0.15, "direct_accuracy": 0.008, "think_accuracy": 0.717}}
+    summary = {"base": {"gym_a": {"accuracy": 0.1}, "gym_b": {"accuracy": 0.01}},
+               "runs": [{"method": "nrt", "eval": {"gym_a": {"accuracy": 0.9}, "gym_b": {"accuracy": 0.6}}},
+                        {"method": "nrt", "eval": {"gym_a": {"accuracy": 0.9}, "gym_b": {"accuracy": 0.7}}}]}
+    notes = demo.premise_notes({"reasoning_gain_train": premise}, summary)
+    assert len(notes) == 1 and notes[0].startswith("- `b`: the base's mean reasoning gain was negative (-0.70 ± 0.15")
+    assert "71.7% against 0.8% direct" in notes[0] and "NRT reached 65.0%" in notes[0] and "(base 1.0%)" in notes[0]

@@ -67,11 +67,7 @@ def run_demo(args) -> None:
     base = ensure_base(Path(args.base), **BBH_BASE_PRETRAIN)
     pretrain_report = json.loads((base / "gym.json").read_text())
     tasks = write_splits(base, out / "data")
-    trained = trained_tasks(tasks, pretrain_report)
-    if trained != tasks:
-        print(f"note: not training on {', '.join(t for t in tasks if t not in trained)}: the base's reasoning gain "
-              "there is negative (gym.json), so NRT would learn to stop thinking; evaluated only", file=sys.stderr)
-    train, validation = write_mixed(out / "data", trained)
+    train, validation = write_mixed(out / "data", tasks)
     eval_sets = [EvalFile(f"gym_{task}", str(out / "data" / task / "test.jsonl")) for task in tasks]
     bbh_dir = default_bbh_dir()
     for task in BBH_TASKS:
@@ -89,15 +85,8 @@ def run_demo(args) -> None:
     report = (out / "report.md").read_text()
     print(report)
     if args.results:
-        write_results(Path(args.results), out, exp, summary, seeds, pretrain_report, trained)
+        write_results(Path(args.results), out, exp, summary, seeds, pretrain_report, tasks)
         print(f"results: {args.results}")
-
-
-def trained_tasks(tasks: list[str], pretrain_report: dict) -> list[str]:
-    """The tasks to train on: those where the base's reasoning gain on training questions
-    (`nrt gym pretrain`'s premise check) is not negative, i.e. not below -2 standard errors."""
-    premise = pretrain_report.get("reasoning_gain_train", {})
-    return [t for t in tasks if t not in premise or premise[t]["mean"] >= -2 * premise[t]["stderr"]]
 
 
 def write_splits(base: Path, data: Path) -> list[str]:
@@ -191,6 +180,37 @@ def margin(summary: dict, eval_set: str, against: tuple[str, ...]) -> float:
     return 100 * (mean("nrt") - max(mean(m) for m in against))
 
 
+def selected_steps(exp, method: str) -> list[int]:
+    """The validation-selected step of each seed's run of `method` (0: the base model itself)."""
+    from nrt.experiments.compare import run_directory
+
+    steps = []
+    for seed in exp.seeds:
+        state = run_directory(exp, method, seed) / "best" / "trainer_state.json"
+        steps.append(json.loads(state.read_text())["step"] if state.is_file() else None)
+    return steps
+
+
+def premise_notes(pretrain_report: dict, summary: dict) -> list[str]:
+    """For each task where the base's mean reasoning gain was negative: what that mean hides, and
+    how NRT did there (its gym test split), from the numbers of this run."""
+    notes = []
+    for task, g in pretrain_report.get("reasoning_gain_train", {}).items():
+        runs = [r["eval"][f"gym_{task}"]["accuracy"] for r in summary["runs"]
+                if r["method"] == "nrt" and f"gym_{task}" in r["eval"]]
+        if g["mean"] >= -2 * g["stderr"] or not runs or "think_accuracy" not in g:
+            continue
+        notes.append(
+            f"- `{task}`: the base's mean reasoning gain was negative ({g['mean']:+.2f} ± {g['stderr']:.2f} nats), "
+            f"while its forced think-then-answer accuracy was {100 * g['think_accuracy']:.1f}% against "
+            f"{100 * g['direct_accuracy']:.1f}% direct. The mean is carried by the sampled traces that go wrong (the "
+            "answer follows its trace, so a wrong one costs many nats); the trainer's group-normalised advantage "
+            "ranks each question's samples against each other, and the right traces rank first. NRT reached "
+            f"{100 * sum(runs) / len(runs):.1f}% on this task's gym test split "
+            f"(base {100 * summary['base'][f'gym_{task}']['accuracy']:.1f}%).")
+    return notes
+
+
 def write_results(path: Path, out: Path, exp, summary: dict, seeds: list[int], pretrain_report: dict,
                   trained: list[str]) -> None:
     """docs/RESULTS.md: the demo's tables over seeds, the premises, the plots, and how each split was used."""
@@ -213,11 +233,12 @@ def write_results(path: Path, out: Path, exp, summary: dict, seeds: list[int], p
         goals.append(f"- Real BBH `multistep_arithmetic_two`: NRT {m:+.1f} points against the better of base and "
                      f"SFT (goal: at least +10; {'met' if m >= 10 else f'missed by {10 - m:.1f} points'}).")
     trained_text = ", ".join(f"`{t}`" for t in trained)
-    untrained = [t for t in names if t.startswith("gym_") and t[4:] not in trained]
-    untrained_text = "" if not untrained else (
-        f" Not trained on: {', '.join(f'`{t[4:]}`' for t in untrained)}, where the base's reasoning gain "
-        "was negative (below -2 standard errors; table below): NRT would learn to stop thinking there. "
-        "Its test split is evaluated all the same.")
+    steps = {m: selected_steps(exp, m) for m in exp.methods}
+    goals.append("- Validation-selected steps per seed: " + "; ".join(f"{m} {v}" for m, v in steps.items()) + ".")
+    if 0 in steps.get("sft", []):
+        goals.append(f"- SFT's selected step was step 0, the base itself, in {steps['sft'].count(0)} of "
+                     f"{len(steps['sft'])} seeds: training on the answers alone lowered validation accuracy.")
+    notes = premise_notes(base, summary)
     bbh_probe = probe_base_on_bbh(Path(exp.base_model), exp.eval_sets, out)
     text = f"""# Results on the reasoning gym
 
@@ -247,7 +268,7 @@ The premise, measured by `nrt gym pretrain` on each task's training questions be
 over 4 sampled traces per question, ± standard error over questions):
 
 {premise_table(base)}
-
+{chr(10) + chr(10).join(notes) + chr(10) if notes else ""}
 The base on the real BBH items (`nrt probe`: 2 sampled traces per question for the gain,
 bf16; ± standard error over questions; chance is 50% for `boolean_expressions`):
 
@@ -255,11 +276,12 @@ bf16; ± standard error over questions; chance is 50% for `boolean_expressions`)
 
 How the data was used:
 - Training (SFT and NRT): {TRAIN_PER_TASK} question-answer pairs of the gym train split of each
-  of {trained_text}, interleaved (no reasoning in them).{untrained_text}
-- Model selection: each run is evaluated on {VALIDATION_PER_TASK} questions of each trained task's
-  gym validation split every 10 steps (and at step 0); the step with the best validation accuracy
-  is the one reported. The recipe's settings (learning rate, steps, batch) were fixed from
-  validation runs on the gym only.
+  of {trained_text}, interleaved (no reasoning in them).
+- Model selection: each run is evaluated on {VALIDATION_PER_TASK} questions of each task's gym
+  validation split every 10 steps (and at step 0); the step with the best validation accuracy
+  is the one reported. The recipe's settings (learning rate, steps, batch) are those fixed
+  from validation runs on the gym's multi-hop task; the trace limit ({TRACE_TOKENS} tokens) is
+  what the longest arithmetic trace needs.
 - The BIG-Bench-Hard files are evaluation data only: never in the pretraining corpus (the
   gym's generators drop any BBH question by fingerprint; tests/test_gym_corpus.py checks the
   corpus against the files' text), never in training or validation, never used to choose anything.
