@@ -236,8 +236,11 @@ def train_reasoning_gain(model, tok, items: dict, seed: int, log=print, question
     log-likelihood after a sampled trace minus without one, nats, GAIN_TRACES traces per question),
     each with its standard error over questions (`nrt.evaluation.probe`, the probe of `nrt probe`).
     The per-trace gains are heavy-tailed (a wrong trace costs many nats), so a few dozen questions
-    do not fix the sign. NRT needs the gain positive (GYM_NOTES 3); under two standard errors from
-    0 the verdict is "inconclusive"."""
+    do not fix the sign. A negative gain predicted collapse where right traces were rare (GYM_NOTES
+    3); models/gym-bbh has a negative mean gain on two tasks with forced-think accuracy far above
+    direct, and NRT learnt to think there (docs/RESULTS.md): the mean is carried by the wrong
+    traces, while the trainer ranks a question's samples against each other. Under two standard
+    errors from 0 the verdict is "inconclusive"."""
     from nrt.data import QARecord, tokenize_records
     from nrt.evaluation.probe import ProbeConfig, probe
 
@@ -260,7 +263,8 @@ def train_reasoning_gain(model, tok, items: dict, seed: int, log=print, question
         if mean > 2 * stderr:
             verdict = "positive: the premise holds"
         elif mean < -2 * stderr:
-            verdict = "NEGATIVE: NRT is likely to collapse on this task"
+            verdict = ("NEGATIVE: on average a sampled trace lowers the answer's likelihood; NRT may learn to "
+                       "stop thinking here unless right traces are common (compare forced-think and direct)")
         else:
             verdict = "inconclusive: within two standard errors of 0"
         log(f"{task} training questions: direct {s['direct_accuracy']:.1%}, forced think {s['think_accuracy']:.1%}, "
