@@ -112,3 +112,26 @@ def test_world_composed_answers_chain_two_facts_and_groups_partition_people():
         middle = first.split(" is ")[1]
         assert second.startswith((middle + " lives in ", f"the mother of {middle} is ", f"the father of {middle} is "))
         assert second.rstrip(".").split()[-1] == it.answer
+
+
+def test_group_trace_is_the_group_part_of_the_full_trace():
+    rng = random.Random(3)
+    for _ in range(200):
+        expr = T.random_arith_expression(rng)
+        left, _, right = T.parse_arith(expr)
+        parts = T.arith_item(expr).trace.split(" ")
+        assert parts[:2] == [T.group_trace(left), T.group_trace(right)]
+
+
+def test_random_operations_cover_every_one_digit_operation_and_the_multi_digit_ranges():
+    rng = random.Random(0)
+    ops = [T.random_operation(rng) for _ in range(100_000)]
+    one_digit = {(a, o, b) for a, o, b in ops if abs(a) <= 9 and abs(b) <= 9}
+    assert len(one_digit) == 19 * 19 * 3  # every one-digit operation, each sign, each operator
+    magnitudes = {len(str(abs(x))) for a, _, b in ops for x in (a, b)}
+    assert magnitudes == {1, 2, 3}
+    two_digit = {x for a, _, b in ops for x in (a, b) if 10 <= abs(x) <= 99}
+    assert len(two_digit) == 180  # every two-digit operand, both signs
+    products = [(a, b) for a, o, b in ops if o == "*"]
+    both_multi = sum(abs(a) > 9 and abs(b) > 9 for a, b in products) / len(products)
+    assert 0.03 < both_multi < 0.08  # rare, as in traces
