@@ -8,7 +8,8 @@ call keeps the [rows, heads, L, L] attention weights for the backward, a step's 
 quadratically with trace length; with `is_causal=True` and no mask, torch's CPU flash kernel
 keeps O(L) per row. Each (length, variant) runs in a fresh process: peak resident set
 (ru_maxrss) after forward and backward of one call, minus before it, with SmolLM2-135M's
-attention shape (8 rows, 9 heads, head dim 64), float32. Prints one JSON line per point and
+attention shape (8 rows, 9 heads, head dim 64; `masked_gqa`: its 3 key/value heads, as
+`enable_gqa`), float32. Prints one JSON line per point and
 the quadratic-term estimate: MB per L^2 between the two longest lengths. (ru_maxrss is a high-water
 mark, so the mask is built before the baseline is read, and only the call's own growth counts.)
 """
@@ -27,21 +28,24 @@ def one(length: int, variant: str, rows: int = 8, heads: int = 9, dim: int = 64)
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(rows, heads, length, dim, requires_grad=True) for _ in range(3))
+    kv_heads = 3 if variant == "masked_gqa" else heads  # SmolLM2: 9 query heads share 3 key/value heads
+    q = torch.randn(rows, heads, length, dim, requires_grad=True)
+    k, v = (torch.randn(rows, kv_heads, length, dim, requires_grad=True) for _ in range(2))
     mask = None
     if variant.startswith("masked"):  # left padding of 0..7 tokens per row, and causal
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         keep = torch.arange(length)[None, :] >= torch.arange(rows)[:, None]
         mask = (causal[None] & keep[:, None, :])[:, None]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=variant == "causal")
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=variant == "causal",
+                                         enable_gqa=kv_heads != heads)
     out.sum().backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"length": length, "variant": variant, "added_mb": (peak - before) / 1024,
             "weights_mb": rows * heads * length * length * 4 / 2**20}
 
 
-VARIANTS = ("masked", "causal")
+VARIANTS = ("masked", "masked_gqa", "causal")
 
 
 def main() -> None:
