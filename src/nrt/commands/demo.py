@@ -212,11 +212,11 @@ def premise_notes(pretrain_report: dict, summary: dict) -> list[str]:
 
 
 def write_results(path: Path, out: Path, exp, summary: dict, seeds: list[int], pretrain_report: dict,
-                  trained: list[str]) -> None:
+                  tasks: list[str]) -> None:
     """docs/RESULTS.md: the demo's tables over seeds, the premises, the plots, and how each split was used."""
     import shutil
 
-    from nrt.gym.pretrain import BBH_BASE_PRETRAIN, pretrain_command
+    from nrt.gym.pretrain import pretrain_command
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = path.parent / "results_curves.png"
@@ -232,7 +232,9 @@ def write_results(path: Path, out: Path, exp, summary: dict, seeds: list[int], p
         m = margin(summary, "bbh_multistep_arithmetic_two", ("base", "sft"))
         goals.append(f"- Real BBH `multistep_arithmetic_two`: NRT {m:+.1f} points against the better of base and "
                      f"SFT (goal: at least +10; {'met' if m >= 10 else f'missed by {10 - m:.1f} points'}).")
-    trained_text = ", ".join(f"`{t}`" for t in trained)
+    tasks_text = ", ".join(f"`{t}`" for t in tasks)
+    built_by = pretrain_command({"tasks": pretrain_report["config"]["tasks"],
+                                 "steps": pretrain_report["config"]["steps"]})
     steps = {m: selected_steps(exp, m) for m in exp.methods}
     goals.append("- Validation-selected steps per seed: " + "; ".join(f"{m} {v}" for m, v in steps.items()) + ".")
     if 0 in steps.get("sft", []):
@@ -245,11 +247,11 @@ def write_results(path: Path, out: Path, exp, summary: dict, seeds: list[int], p
 Produced by `{command}` (`make results`); numbers are mean ± std over seeds {', '.join(map(str, seeds))}.
 
 Base model: a {base['parameters'] / 1e6:.2f}M-parameter Llama pretrained from scratch by
-`{pretrain_command(BBH_BASE_PRETRAIN)}` ({base['tokens_seen'] / 1e6:.1f}M tokens,
-{base['wall_s'] / 60:.0f} min wall on the machine that built it) on the gym corpus of all three tasks:
-the multi-hop world, and the generated `boolean_expressions` and `multistep_arithmetic_two`
-questions in BIG-Bench-Hard's format (every BBH item removed by fingerprint). SFT and NRT
-train on the gym's question-answer pairs of {trained_text} together. Accuracy is exact match of
+`{built_by}` ({base['tokens_seen'] / 1e6:.1f}M tokens,
+{base['wall_s'] / 60:.0f} min wall on the machine that built it) on the gym corpus of {tasks_text}
+(`multihop`: composed questions over a synthetic world; the BBH-named tasks: generated questions in
+BIG-Bench-Hard's format, every BBH item removed by fingerprint). SFT and NRT train on the gym's
+question-answer pairs of these tasks together. Accuracy is exact match of
 the answer the model writes after its own greedy think-then-answer; "gain" is the answer
 log-likelihood after a sampled trace minus without one, on the gym's multi-hop test split.
 
@@ -276,7 +278,7 @@ bf16; ± standard error over questions; chance is 50% for `boolean_expressions`)
 
 How the data was used:
 - Training (SFT and NRT): {TRAIN_PER_TASK} question-answer pairs of the gym train split of each
-  of {trained_text}, interleaved (no reasoning in them).
+  of {tasks_text}, interleaved (no reasoning in them).
 - Model selection: each run is evaluated on {VALIDATION_PER_TASK} questions of each task's gym
   validation split every 10 steps (and at step 0); the step with the best validation accuracy
   is the one reported. The recipe's settings (learning rate, steps, batch) are those fixed
