@@ -27,7 +27,7 @@ def read(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    tasks = demo.write_splits(fake_base(root / "base"), root / "data")
+    tasks = demo.write_gym_data(fake_base(root / "base"), root / "data")
     return (tasks, *demo.write_mixed(root / "data", tasks)), root / "data"
 
 
@@ -61,9 +61,24 @@ def test_no_question_is_in_two_splits_and_no_bbh_input_anywhere(data):
 
 
 def test_a_multihop_only_base_gives_the_multihop_demo(tmp_path):
-    tasks = demo.write_splits(fake_base(tmp_path / "base", tasks=("multihop",)), tmp_path / "data")
+    tasks = demo.write_gym_data(fake_base(tmp_path / "base", tasks=("multihop",)), tmp_path / "data")
     train, _ = demo.write_mixed(tmp_path / "data", tasks)
     assert tasks == ["multihop"] and len(read(train)) == demo.TRAIN_PER_TASK
+
+
+@pytest.mark.parametrize("gym_json", [None, "{not json", '{"config": {"corpus": "mine.txt"}}'])
+def test_a_base_that_is_no_gym_model_fails_in_one_line_before_any_run(tmp_path, capsys, gym_json):
+    from nrt.commands.cli import main
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"")  # a model is there, so nothing is pretrained
+    if gym_json is not None:
+        (base / "gym.json").write_text(gym_json)
+    assert main(["demo", "--base", str(base), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--base {base}" in err
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 def test_margin_is_nrt_minus_the_best_other_mean_in_points():

@@ -65,8 +65,13 @@ def run_demo(args) -> None:
         fail(f"--seeds {args.seeds!r}: expected comma-separated integers")
     out = Path(args.output_dir)
     base = ensure_base(Path(args.base), **BBH_BASE_PRETRAIN)
-    pretrain_report = json.loads((base / "gym.json").read_text())
-    tasks = write_splits(base, out / "data")
+    if not (base / "gym.json").is_file():
+        fail(f"--base {base}: no gym.json; not a model written by `nrt gym pretrain`")
+    try:
+        pretrain_report = json.loads((base / "gym.json").read_text())
+        tasks = write_gym_data(base, out / "data")
+    except (ValueError, KeyError, TypeError) as e:  # a corrupt gym.json, or a base pretrained on a user corpus
+        fail(f"--base {base}: {type(e).__name__}: {e}")
     train, validation = write_mixed(out / "data", tasks)
     eval_sets = [EvalFile(f"gym_{task}", str(out / "data" / task / "test.jsonl")) for task in tasks]
     bbh_dir = default_bbh_dir()
@@ -89,25 +94,15 @@ def run_demo(args) -> None:
         print(f"results: {args.results}")
 
 
-def write_splits(base: Path, data: Path) -> list[str]:
-    """DATA/<task>/<split>.jsonl: the gym splits of the base's corpus (as `nrt gym data`) for the
-    TASKS it was pretrained on, which it returns. Deterministic from the base's gym.json; each
-    file is written whole (a temporary file renamed)."""
+def write_gym_data(base: Path, data: Path) -> list[str]:
+    """DATA/<task>/<split>.jsonl: the gym splits of the base's corpus (`nrt gym data`) for the
+    TASKS it was pretrained on, which it returns. Deterministic from the base's gym.json."""
     from nrt.gym.probe import gym_corpus_of
-    from nrt.gym.tasks import SPLITS
-    from nrt.training.run_record import atomic_write_text
+    from nrt.gym.tasks import write_splits
 
     corpus = gym_corpus_of(str(base))
     tasks = [t for t in TASKS if t in corpus.items]
-
-    def write(path: Path, items) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, "".join(json.dumps({"question": i.question, "answer": i.answer}) + "\n"
-                                        for i in items))
-
-    for task in tasks:
-        for split in SPLITS:
-            write(data / task / f"{split}.jsonl", corpus.items[task][split])
+    write_splits(str(data), {t: corpus.items[t] for t in tasks})
     return tasks
 
 
@@ -171,11 +166,12 @@ def probe_table(report: dict) -> str:
 
 def margin(summary: dict, eval_set: str, against: tuple[str, ...]) -> float:
     """NRT's mean accuracy on `eval_set` minus the best mean of the methods `against` (points)."""
+    from nrt.evaluation.report import mean_std
+
     def mean(method: str) -> float:
         if method == "base":
             return summary["base"][eval_set]["accuracy"]
-        runs = [r["eval"][eval_set]["accuracy"] for r in summary["runs"] if r["method"] == method]
-        return sum(runs) / len(runs)
+        return mean_std([r["eval"][eval_set]["accuracy"] for r in summary["runs"] if r["method"] == method])[0]
 
     return 100 * (mean("nrt") - max(mean(m) for m in against))
 

@@ -407,15 +407,17 @@ def new_item(task: str, rng: random.Random) -> Item:
 
 
 def write_splits(output_dir: str, items: dict) -> dict[str, dict[str, int]]:
-    """DIR/<task>/<split>.jsonl for the train/validation/test splits; returns the counts."""
+    """DIR/<task>/<split>.jsonl for the train/validation/test splits, each file written whole
+    (a temporary file renamed); returns the counts."""
+    from nrt.training.run_record import atomic_write_text
+
     counts = {}
     for task, splits in items.items():
         folder = Path(output_dir) / task
         folder.mkdir(parents=True, exist_ok=True)
         counts[task] = {}
         for split in SPLITS:
-            with open(folder / f"{split}.jsonl", "w") as f:
-                for it in splits[split]:
-                    f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
+            atomic_write_text(folder / f"{split}.jsonl", "".join(
+                json.dumps({"question": it.question, "answer": it.answer}) + "\n" for it in splits[split]))
             counts[task][split] = len(splits[split])
     return counts
