@@ -48,7 +48,7 @@ bench: $(STAMP) real-model  # real-model: SmolLM2's config and tokenizer (its we
 	$(VENV)/bin/nrt bench $(SMOLLM2_WORK) --fixed-length --compile --steps 2 --warmup 2 \
 		> benchmarks/results/bench_smollm2_compile.jsonl.part
 	mv benchmarks/results/bench_smollm2_compile.jsonl.part benchmarks/results/bench_smollm2_compile.jsonl
-	$(VENV)/bin/python benchmarks/memory_scaling.py --lengths 64 128 256 512 -- \
+	$(VENV)/bin/python benchmarks/memory_scaling.py --lengths 64 128 256 512 1024 -- \
 		--model $(SMOLLM2) --config-only --prompts 1 --generations 8 > benchmarks/results/memory_scaling_smollm2.jsonl.part
 	mv benchmarks/results/memory_scaling_smollm2.jsonl.part benchmarks/results/memory_scaling_smollm2.jsonl
 	tail -n 1 benchmarks/results/memory_scaling_smollm2.jsonl

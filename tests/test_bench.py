@@ -121,3 +121,46 @@ def test_bad_options_are_one_line_usage_errors(options, message, capsys):
     with pytest.raises(SystemExit) as exit_info:  # python -m nrt.commands.bench: argparse's usage error
         main(options)
     assert exit_info.value.code == USAGE_ERROR and message in capsys.readouterr().err
+
+
+def test_peak_rss_reset_forgets_memory_freed_before_it():
+    """The step-memory measure: after a reset the high-water mark is the current resident set, and
+    memory touched after the reset raises it by at least its size."""
+    import subprocess
+    import sys
+
+    script = (
+        "import mmap\n"
+        "from nrt.experiments.bench import peak_rss_since_reset_mb, reset_peak_rss, rss_mb\n"
+        "def touch(mb):\n"
+        "    m = mmap.mmap(-1, mb * 2**20)\n"
+        "    for i in range(0, mb * 2**20, 4096): m[i] = 1\n"
+        "    return m\n"
+        "m = touch(200); high = peak_rss_since_reset_mb(); m.close()\n"
+        "reset_peak_rss(); after_reset = peak_rss_since_reset_mb(); base = rss_mb()\n"
+        "m = touch(80); m.close(); print(high, after_reset, base, peak_rss_since_reset_mb())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    high, after_reset, base, peak = map(float, out.split())
+    assert high - after_reset > 150  # the 200 MB freed before the reset no longer count
+    assert abs(after_reset - base) < 10
+    assert 78 <= peak - base < 100  # 80 MB touched after the reset, then freed: still in the mark
+
+
+def test_step_memory_reports_each_timed_steps_own_peak():
+    """--step-memory (run in its own process: it changes glibc's thresholds): the step's peak above the
+    resident set before it holds at least the gradients, made anew in every step (zero_grad to None)."""
+    import subprocess
+    import sys
+
+    argv = ["--hidden", "256", "--layers", "2", "--vocab", "8192", "--prompts", "2", "--generations", "2",
+            "--think", "4", "--steps", "2", "--warmup", "1", "--dtype", "float32", "--threads", "1",
+            "--fixed-length", "--step-memory"]
+    done = subprocess.run([sys.executable, "-m", "nrt.commands.bench", *argv], capture_output=True, text=True,
+                          check=True)
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    gradients_mb = r["params_total"] * 4 / 2**20
+    assert len(r["step_peak_mb_by_step"]) == len(r["rss_mb_before_step"]) == 2
+    assert r["step_peak_mb"] >= gradients_mb
+    assert all(before + peak <= r["peak_rss_mb"] + 1
+               for before, peak in zip(r["rss_mb_before_step"], r["step_peak_mb_by_step"]))

@@ -10,6 +10,9 @@
   training step re-faults its activations page by page: ~150,000 page faults and ~0.3 s of
   system time per step of `nrt bench`'s default workload. Resident memory then stays at its
   peak between steps (the peak itself does not change).
+- `return_freed_memory()`: the opposite, for measuring memory: every block of 128 KiB or more
+  is mapped on its own and unmapped when freed, so the resident set follows what is allocated
+  (`nrt bench --step-memory`).
 """
 
 from __future__ import annotations
@@ -29,3 +32,9 @@ def keep_freed_memory(trim_threshold: int = 2**31 - 1, mmap_threshold: int = 32 
     except OSError:
         return False
     return bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+
+
+def return_freed_memory() -> bool:
+    """glibc hands freed memory back at once (fixed thresholds of 128 KiB: no dynamic raise);
+    False (nothing done) on other C libraries."""
+    return keep_freed_memory(trim_threshold=128 * 2**10, mmap_threshold=128 * 2**10)

@@ -6,7 +6,8 @@
 Prints one JSON line: the median seconds per step over the timed steps (after warm-up), the
 spread, the median seconds of each phase (generate, score, update), tokens per second, the
 work counted (sampled and trained tokens, matmul parameters, FLOPs), the FLOP floor of the
-step at the measured matmul rate, and memory (peak RSS; peak CUDA memory on a GPU).
+step at the measured matmul rate, and memory (peak RSS; peak CUDA memory on a GPU; with
+`--step-memory`, each timed step's own peak above the resident set before it).
 
 The workload is fixed and reproducible from the options alone: a `LlamaForCausalLM` built
 from a `LlamaConfig` (head size 64, MLP 4x hidden, tied embeddings, like Llama-3.2-1B's
@@ -42,7 +43,7 @@ import resource
 import statistics
 import time
 
-from nrt.engine.cpu_runtime import keep_freed_memory
+from nrt.engine.cpu_runtime import keep_freed_memory, return_freed_memory
 
 # torch, transformers and the trainer are imported inside the functions: `nrt --help` stays fast.
 
@@ -247,6 +248,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_rss_since_reset_mb() -> float:
+    """The resident set's high-water mark (VmHWM) since the process started or `reset_peak_rss()`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("/proc/self/status has no VmHWM line")
+
+
+def reset_peak_rss() -> None:
+    """Reset the high-water mark to the current resident set (Linux: /proc/self/clear_refs, "5")."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 # --------------------------------------------------------------------------- the run
 def step_work(trainer, questions, trace_length_mean: float) -> dict:
     """Tokens of one step's work on this process (see the module docstring)."""
@@ -270,7 +286,10 @@ def step_work(trainer, questions, trace_length_mean: float) -> dict:
 def run_bench(args) -> dict:
     import torch
 
-    keep_freed_memory()
+    if args.step_memory:
+        return_freed_memory()  # the resident set follows what is allocated (slower: pages fault anew)
+    else:
+        keep_freed_memory()
     if args.dtype == "auto":
         args.dtype = "bfloat16" if bf16_supported() else "float32"
     torch.manual_seed(args.seed)
@@ -282,15 +301,23 @@ def run_bench(args) -> dict:
 
     step_times, phases, rss, work = [], {"generate": [], "score": [], "update": []}, [], []
     peak_after_warmup = None
+    step_peaks, rss_before_steps, process_peak = [], [], 0.0  # --step-memory
     for step in range(args.warmup + args.steps):
         questions = trainer.step_questions(trainer.step)
+        timed = step >= args.warmup
+        if timed and args.step_memory:
+            process_peak = max(process_peak, peak_rss_since_reset_mb())
+            rss_before_steps.append(rss_mb())
+            reset_peak_rss()
         tick = time.perf_counter()
         metrics = trainer.train_step()
         elapsed = time.perf_counter() - tick
-        if step < args.warmup:
+        if not timed:
             continue
+        if args.step_memory:
+            step_peaks.append(peak_rss_since_reset_mb() - rss_before_steps[-1])
         if peak_after_warmup is None:
-            peak_after_warmup = peak_rss_mb()
+            peak_after_warmup = max(process_peak, peak_rss_since_reset_mb()) if args.step_memory else peak_rss_mb()
         step_times.append(elapsed)
         for name in phases:
             phases[name].append(metrics[f"time_{name}"])
@@ -342,6 +369,11 @@ def run_bench(args) -> dict:
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.trace_rss:
         result["rss_mb_by_step"] = [round(x, 1) for x in rss]
+    if args.step_memory:  # ru_maxrss follows the resets: the process's peak is the largest mark read
+        result["peak_rss_mb"] = max(process_peak, peak_rss_since_reset_mb())
+        result["step_peak_mb"] = statistics.median(step_peaks)
+        result["step_peak_mb_by_step"] = [round(x, 1) for x in step_peaks]
+        result["rss_mb_before_step"] = [round(x, 1) for x in rss_before_steps]
     return result
 
 
@@ -378,6 +410,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="trainer.torch_compile: compiled decoder layers and decoding step (compiled in the warm-up)")
     p.add_argument("--trace-rss", action="store_true", help="also list the RSS (MB) after every timed step")
+    p.add_argument("--step-memory", action="store_true",
+                   help="measure each timed step's own peak memory (step_peak_mb: the resident set's peak during "
+                        "the step minus the resident set before it), with freed memory handed back to the system "
+                        "so that the resident set follows what is allocated (Linux; slower steps)")
 
 
 POSITIVE = ("hidden", "layers", "vocab", "prompts", "generations", "think", "prompt_tokens", "answer_tokens", "steps")
