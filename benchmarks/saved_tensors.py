@@ -7,8 +7,9 @@ A model of `--model`'s architecture (its config, `--layers` decoder layers, rand
 `completion_logprobs` under bf16 autocast over `--rows` rows of one shared 32-token prompt and a
 completion of each length, inside `torch.autograd.graph.saved_tensors_hooks`; each distinct saved
 tensor (by storage pointer, dtype and shape) is counted once. Prints one JSON line per length: the
-total MB, and every saved tensor with two dimensions that grow with the completion length (the
-quadratic ones), then a summary with MB per completion token between consecutive lengths.
+total MB, and the saved tensors with two dimensions that grow with the completion length (the
+quadratic ones: MB and number of distinct tensors per dtype and shape), then a summary with MB
+per completion token between consecutive lengths.
 Complements `memory_scaling.py`, whose peak RSS also holds transient buffers and freed memory.
 """
 
@@ -34,9 +35,14 @@ def saved_for_backward(model, rows: int, length: int) -> dict:
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
         completion_logprobs(model, batch)
-    quadratic = {f"{dtype} {list(shape)}": round(size / 2**20, 2) for (_, dtype, shape), size in saved.items()
-                 if sum(length - 1 <= d <= length + PROMPT for d in shape) >= 2}
-    return {"think": length, "saved_mb": sum(saved.values()) / 2**20, "quadratic_mb": quadratic}
+    quadratic, copies = {}, {}  # per dtype and shape: MB of all distinct tensors, and how many there are
+    for (_, dtype, shape), size in saved.items():
+        if sum(length - 1 <= d <= length + PROMPT for d in shape) >= 2:
+            key = f"{dtype} {list(shape)}"
+            quadratic[key] = round(quadratic.get(key, 0.0) + size / 2**20, 2)
+            copies[key] = copies.get(key, 0) + 1
+    return {"think": length, "saved_mb": sum(saved.values()) / 2**20, "quadratic_mb": quadratic,
+            "quadratic_copies": copies}
 
 
 def main(argv=None) -> dict:
