@@ -80,3 +80,17 @@ def test_a_forward_keeps_one_float_mask_for_all_its_layers():
     torch converts the boolean mask at every layer of each (the check can fail)."""
     assert saved_mask_storages(attention_in_float32=True, layers=4) == 2
     assert saved_mask_storages(attention_in_float32=False, layers=4) == 2 * 4
+
+
+def test_the_float_mask_is_dropped_with_its_boolean_mask():
+    """No float mask outlives its forward: once the boolean mask is gone, nothing holds its float form."""
+    import gc
+    import weakref
+
+    mask = padded_causal_mask(2, 3, 2, pads=[1, 0])
+    converted = weakref.ref(additive_mask(mask))
+    gc.collect()
+    assert converted() is not None  # kept while the mask lives (the layers of one forward)
+    del mask
+    gc.collect()
+    assert converted() is None

@@ -51,13 +51,20 @@ _last_mask: tuple[weakref.ref, torch.Tensor] | None = None  # (a boolean mask, i
 
 def additive_mask(mask: torch.Tensor) -> torch.Tensor:
     """The float32 mask torch's sdpa makes of a boolean one (0 where True, -inf where False), made
-    once for a mask object that every layer of a forward receives (the last one converted is kept)."""
+    once for a mask object that every layer of a forward receives. The float mask is kept while the
+    boolean one lives (the forward), then dropped with it."""
     global _last_mask
     if _last_mask is not None and _last_mask[0]() is mask:
         return _last_mask[1]
     converted = torch.zeros_like(mask, dtype=torch.float32).masked_fill_(mask.logical_not(), float("-inf"))
-    _last_mask = (weakref.ref(mask), converted)
+    _last_mask = (weakref.ref(mask, _forget), converted)
     return converted
+
+
+def _forget(dead: weakref.ref) -> None:
+    global _last_mask
+    if _last_mask is not None and _last_mask[0] is dead:
+        _last_mask = None
 
 
 AttentionInterface.register(NAME, float32_sdpa_attention)
