@@ -257,6 +257,12 @@ def peak_rss_since_reset_mb() -> float:
     raise OSError("/proc/self/status has no VmHWM line")
 
 
+def step_memory_supported() -> bool:
+    import platform
+
+    return os.path.exists("/proc/self/clear_refs") and platform.libc_ver()[0] == "glibc"
+
+
 def reset_peak_rss() -> None:
     """Reset the high-water mark to the current resident set (Linux: /proc/self/clear_refs, "5")."""
     with open("/proc/self/clear_refs", "w") as f:
@@ -427,6 +433,8 @@ def check_arguments(args) -> None:
     for name in ("warmup", "micro_prompts", "threads"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
+    if getattr(args, "step_memory", False) and not step_memory_supported():
+        raise ValueError("--step-memory needs Linux with glibc (/proc/self/clear_refs and malloc's thresholds)")
     if args.vocab < 4:
         raise ValueError(f"--vocab {args.vocab}: needs at least 4 tokens (3 special tokens and one word)")
     if args.micro_prompts and args.prompts % args.micro_prompts:
