@@ -1,7 +1,7 @@
 """Peak memory of one NRT step against trace length: linear, not quadratic.
 
-    .venv/bin/python benchmarks/memory_scaling.py --lengths 64 128 256 512 -- \
-        --model artifacts/models/smollm2-135m-instruct/hf --config-only --prompts 2 --generations 8
+    .venv/bin/python benchmarks/memory_scaling.py --lengths 64 128 256 512 1024 -- \
+        --model artifacts/models/smollm2-135m-instruct/hf --config-only --prompts 1 --generations 8
 
 Each length runs `nrt bench --fixed-length --steps 1 --warmup 1 --step-memory --think LENGTH`
 (plus the options after --) in a fresh process, one after the other. The step's memory is the
