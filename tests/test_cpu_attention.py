@@ -1,10 +1,12 @@
-"""Float32 attention on the CPU (`nrt.engine.cpu_attention`): a boolean padding mask becomes one float mask
-per forward, shared by every layer, with the same values torch's sdpa makes of it on each call."""
+"""Float32 attention on the CPU (`nrt.engine.cpu_attention`): the padding mask is made as one float mask per
+forward, shared by every layer, with the values torch's sdpa would make of the boolean mask on each call."""
 
 import pytest
 import torch
 
-from nrt.engine.cpu_attention import additive_mask, float32_sdpa_attention
+from transformers.masking_utils import sdpa_mask
+
+from nrt.engine.cpu_attention import additive_mask, float32_sdpa_attention, float32_sdpa_mask
 from nrt.engine.options import EngineOptions
 from nrt.engine.sequences import completion_logprobs, pack
 from nrt.experiments.bench import bench_model
@@ -36,7 +38,7 @@ def test_the_shared_float_mask_gives_torchs_own_attention_bit_for_bit():
     q = torch.randn(rows, heads, queries, dim, requires_grad=True)
     k = torch.randn(rows, heads, prompt + queries, dim, requires_grad=True)
     v = torch.randn(rows, heads, prompt + queries, dim, requires_grad=True)
-    out, _ = float32_sdpa_attention(Heads(), q, k, v, mask, scaling=dim**-0.5)
+    out, _ = float32_sdpa_attention(Heads(), q, k, v, additive_mask(mask), scaling=dim**-0.5)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     # torch converts the boolean mask itself (its own convert_boolean_attn_mask)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dim**-0.5)
@@ -48,12 +50,18 @@ def test_the_shared_float_mask_gives_torchs_own_attention_bit_for_bit():
     assert torch.isneginf(converted[~mask]).all()
 
 
-def test_additive_mask_is_made_once_per_mask_object():
-    mask = padded_causal_mask(2, 3, 2, pads=[1, 0])
-    first = additive_mask(mask)
-    assert additive_mask(mask) is first
-    other = mask.clone()  # equal values, another object (another forward): converted anew
-    assert additive_mask(other) is not first and torch.equal(additive_mask(other), first)
+def test_the_mask_function_gives_sdpas_boolean_mask_as_that_float_mask():
+    attention_mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)  # row 0 left-padded
+    shape = dict(batch_size=2, q_length=3, kv_length=5, kv_offset=0, q_offset=2, attention_mask=attention_mask)
+    expected = sdpa_mask(**shape, allow_is_causal_skip=False)
+    assert expected.dtype == torch.bool and not expected.all()
+    made_for = {torch.float32: torch.float32, torch.bfloat16: torch.float32, torch.float64: torch.float64}
+    for dtype, made in made_for.items():
+        mask = float32_sdpa_mask(**shape, allow_is_causal_skip=False, dtype=dtype)
+        assert mask.dtype == made and torch.equal(mask, additive_mask(expected, made))
+    # no padding, causal: sdpa may skip the mask (is_causal), and so does this one
+    assert float32_sdpa_mask(batch_size=2, q_length=3, kv_length=3, attention_mask=torch.ones(2, 3, dtype=torch.bool),
+                             dtype=torch.float32) is None
 
 
 def saved_mask_storages(attention_in_float32: bool, layers: int = 4) -> int:
@@ -81,16 +89,3 @@ def test_a_forward_keeps_one_float_mask_for_all_its_layers():
     assert saved_mask_storages(attention_in_float32=True, layers=4) == 2
     assert saved_mask_storages(attention_in_float32=False, layers=4) == 2 * 4
 
-
-def test_the_float_mask_is_dropped_with_its_boolean_mask():
-    """No float mask outlives its forward: once the boolean mask is gone, nothing holds its float form."""
-    import gc
-    import weakref
-
-    mask = padded_causal_mask(2, 3, 2, pads=[1, 0])
-    converted = weakref.ref(additive_mask(mask))
-    gc.collect()
-    assert converted() is not None  # kept while the mask lives (the layers of one forward)
-    del mask
-    gc.collect()
-    assert converted() is None

@@ -8,17 +8,17 @@ same sdpa code with query/key/value upcast to float32 (autocast off inside), and
 output back. More precise than bfloat16 attention, and faster. A no-op on GPUs, for float32
 inputs, and for models that use another attention implementation.
 
-A boolean padding mask is turned into the additive float mask the kernel takes once per forward,
-not once per layer: torch's `scaled_dot_product_attention` converts a boolean mask on every call
-and the CPU flash kernel keeps its float mask for the backward, so a forward with gradients held
-one float32 [rows, 1, queries, keys] copy per layer, memory that grows with the square of the
-length (at 1024 completion tokens, 8 rows and 30 layers: 1 GB). The same float mask, made the
-same way, is now shared by every layer: the same attention, bit for bit.
+The mask a forward builds for these layers (`float32_sdpa_mask`, transformers' mask interface)
+is the additive float mask the kernel takes, made once per forward: given a boolean mask,
+torch's `scaled_dot_product_attention` converts it on every call and the CPU flash kernel keeps
+its float mask for the backward, so a forward with gradients held one float32 [rows, 1, queries,
+keys] copy per layer, memory that grows with the square of the length (at 1024 completion tokens,
+8 rows and 30 layers: 1 GB). Converted once, the same way torch does, every layer shares it: the
+same attention, bit for bit.
 """
 
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
 
 import torch
@@ -38,37 +38,29 @@ def float32_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
-    elif attention_mask is not None and attention_mask.dtype == torch.bool:
-        attention_mask = additive_mask(attention_mask)
     with torch.autocast("cpu", enabled=False):
         out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
                                               **kwargs)
     return out.to(dtype), weights
 
 
-_last_mask: tuple[weakref.ref, torch.Tensor] | None = None  # (a boolean mask, its float32 form)
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The float mask torch's sdpa makes of a boolean one: 0 where True, -inf where False."""
+    return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask.logical_not(), float("-inf"))
 
 
-def additive_mask(mask: torch.Tensor) -> torch.Tensor:
-    """The float32 mask torch's sdpa makes of a boolean one (0 where True, -inf where False), made
-    once for a mask object that every layer of a forward receives. The float mask is kept while the
-    boolean one lives (the forward), then dropped with it."""
-    global _last_mask
-    if _last_mask is not None and _last_mask[0]() is mask:
-        return _last_mask[1]
-    converted = torch.zeros_like(mask, dtype=torch.float32).masked_fill_(mask.logical_not(), float("-inf"))
-    _last_mask = (weakref.ref(mask, _forget), converted)
-    return converted
-
-
-def _forget(dead: weakref.ref) -> None:
-    global _last_mask
-    if _last_mask is not None and _last_mask[0] is dead:
-        _last_mask = None
+def float32_sdpa_mask(*args, dtype: torch.dtype = torch.float32, **kwargs) -> torch.Tensor | None:
+    """transformers' sdpa mask (None where sdpa may skip it) as the additive float32 mask (float64 for
+    a float64 model) that `float32_sdpa_attention` hands to the kernel: made once per forward, here,
+    instead of at every layer by torch."""
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return additive_mask(mask, torch.float64 if dtype == torch.float64 else torch.float32)
 
 
 AttentionInterface.register(NAME, float32_sdpa_attention)
-AttentionMaskInterface.register(NAME, sdpa_mask)
+AttentionMaskInterface.register(NAME, float32_sdpa_mask)
 
 
 def _config(model):
