@@ -102,7 +102,7 @@ def test_token_logprobs_matches_autograd_log_softmax_in_float64():
     torch.testing.assert_close(ours, logits.grad, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("switch", ["preallocate_cache", "attention_in_float32", "share_prompt_cache"])
+@pytest.mark.parametrize("switch", ["preallocate_cache", "attention_in_float32", "share_prompt_cache", "lean_step"])
 def test_sample_traces_each_optimisation_off_gives_the_same_traces(switch):
     model = lively(tiny_llama(64, hidden=32, layers=2, seed=1).double(), std=0.4).eval()
     prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]]
@@ -295,7 +295,7 @@ def test_decode_step_samples_what_the_models_own_forward_samples(model_type):
     model = tiny_family(model_type)
     assert _grouped_decoding_supported(model) and supports(model)  # the lean step is really taken
     lean = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, engine=EngineOptions(lean_step=True))
-    forward = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
+    forward = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, engine=EngineOptions(lean_step=False))
     assert lean == forward
     assert len({len(t) for t in lean}) > 2  # rows stopped at different steps: the dropped-row path ran
 
@@ -305,7 +305,7 @@ def test_decode_step_under_bf16_autocast_samples_what_the_forward_samples():
     args = dict(FAMILY_ARGS, max_new_tokens=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lean = sample_traces(model, FAMILY_PROMPTS, **args, engine=EngineOptions(lean_step=True))
-        forward = sample_traces(model, FAMILY_PROMPTS, **args)
+        forward = sample_traces(model, FAMILY_PROMPTS, **args, engine=EngineOptions(lean_step=False))
     assert lean == forward
     assert len({len(t) for t in lean}) > 2
 
@@ -359,11 +359,11 @@ def test_compile_step_warns_where_the_model_decodes_through_its_forward():
     model.model.layers[0].register_forward_hook(lambda module, args, out: out)
     with pytest.warns(UserWarning, match="decodes through its forward, uncompiled"):
         traces = sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, engine=EngineOptions(compile_step=True))
-    assert traces == sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS)
+    assert traces == sample_traces(model, FAMILY_PROMPTS, **FAMILY_ARGS, engine=EngineOptions(lean_step=False))
 
 
 def test_compiled_decoding_logits_within_float32_rounding():
-    from nrt.engine.decode_step import compiled_decode_step, decode_step
+    from nrt.engine.decode_step import compiled_decode_step, decode_step, decode_weights
 
     model = tiny_family("qwen2", seed=2).float()
     g = torch.Generator().manual_seed(0)
@@ -380,7 +380,7 @@ def test_compiled_decoding_logits_within_float32_rounding():
         keys = [initial.clone() for _ in range(2)]
         values = [torch.randn(b, hkv, capacity, d, generator=torch.Generator().manual_seed(2)) for _ in range(2)]
         tokens, positions = torch.arange(3, 3 + b), torch.full((b, 1), 7)
-        outputs.append(step(model, tokens, positions, torch.tensor([2]), 3, prefix_keys, prefix_values, mask, 2,
+        outputs.append(step(model, decode_weights(model), tokens, positions, torch.tensor([2]), 3, prefix_keys, prefix_values, mask, 2,
                             rows, keys, values))
         outputs.append(torch.stack(keys))
     assert compiled_graphs() > before

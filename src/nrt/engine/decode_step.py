@@ -1,4 +1,4 @@
-"""One decoding step as a single function of tensors, so that `torch.compile` can fuse it.
+"""One decoding step as a single function of tensors, with the model's weights prepared once.
 
 Decoding through `model(...)` runs about 300 small ops per token, each paying its dispatch
 cost, and its cache grows by Python-side bookkeeping that torch.compile would specialise on
@@ -10,6 +10,14 @@ Compiled (`sample_traces(compile_step=True)`, `trainer.torch_compile`), one grap
 cache length from 3 and every batch of 2 rows or more; dynamo specialises sizes 0 and 1, so
 lengths 1 and 2, and a batch down to a single row, compile graphs of their own.
 
+The linear layers' weights are prepared once per sampling call (`decode_weights`). Under
+autocast they are cast to its dtype there, as autocast casts them at every call, and the step
+runs with autocast off: the same numbers. Cast, q/k/v and gate/up are each concatenated into one
+matrix (fewer, larger matmuls; a product's columns do not depend on the columns beside them),
+and, eagerly on a oneDNN CPU, packed into oneDNN's blocked layout: at 64 rows a matmul otherwise
+re-lays-out its weight on every call, which costs about as much as the product
+(docs/PERFORMANCE.md). Without autocast the modules' own weights are used as they are.
+
 Supported: transformers' own classes of `SUPPORTED_MODEL_TYPES` (pre-norm decoder layers, q/k/v/o
 projections with optional biases, optional per-head q/k norms, rotary embeddings, full
 attention), without forward hooks; `tests/test_speed_equivalence.py` checks that it samples
@@ -19,8 +27,10 @@ the same traces as the model's own forward.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -79,40 +89,122 @@ def grouped_attention(query, key, value, prefix_keys, prefix_values, prefix_mask
     return out.reshape(b, hq, 1, d)
 
 
-def decode_step(model, tokens, positions, index, length: int, prefix_keys, prefix_values, prefix_mask, k: int,
-                rows, keys, values):
+@dataclass(frozen=True)
+class Linear:
+    """A linear layer's weight [out, in] and bias as the decoding step applies them: in the weight's
+    dtype (the input is cast to it, as autocast does), through oneDNN when `packed`."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    packed: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.weight.dtype)
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One decoder layer's projections: `qkv` and `gate_up` are one merged Linear or one per projection."""
+
+    qkv: tuple[Linear, ...]
+    qkv_sizes: tuple[int, int, int]
+    o: Linear
+    gate_up: tuple[Linear, ...]
+    down: Linear
+
+
+@dataclass(frozen=True)
+class DecodeWeights:
+    layers: tuple[LayerWeights, ...]
+    head: Linear
+
+
+def packing_supported() -> bool:
+    """oneDNN's packed bfloat16 linear (`torch.ops.mkldnn._linear_pointwise`) is available on this CPU."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def decode_weights(model, pack: bool = True, rows: int = 64) -> DecodeWeights:
+    """The model's linear weights for `decode_step`, made once per sampling call.
+
+    Under CPU autocast: cast to its dtype (what autocast does at every call), q/k/v and gate/up
+    concatenated, and with `pack` (eager steps; a bfloat16 autocast on a oneDNN CPU) laid out for
+    oneDNN for about `rows` rows. Otherwise the modules' own weights, one Linear per projection."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    pack = pack and dtype == torch.bfloat16 and packing_supported()
+
+    def linear(*modules) -> Linear:
+        if dtype is None:
+            (module,) = modules
+            return Linear(module.weight.detach(), None if module.bias is None else module.bias.detach())
+        weight = torch.cat([m.weight.detach() for m in modules]).to(dtype)
+        bias = None
+        if any(m.bias is not None for m in modules):
+            bias = torch.cat([m.weight.new_zeros(m.out_features) if m.bias is None else m.bias.detach()
+                              for m in modules]).to(dtype)
+        if pack:
+            return Linear(torch.ops.mkldnn._reorder_linear_weight(weight, rows), bias, packed=True)
+        return Linear(weight, bias)
+
+    def merged(*modules) -> tuple[Linear, ...]:
+        return (linear(*modules),) if dtype is not None else tuple(linear(m) for m in modules)
+
+    layers = []
+    for layer in model.model.layers:
+        a, mlp = layer.self_attn, layer.mlp
+        layers.append(LayerWeights(merged(a.q_proj, a.k_proj, a.v_proj),
+                                   (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features),
+                                   linear(a.o_proj), merged(mlp.gate_proj, mlp.up_proj), linear(mlp.down_proj)))
+    return DecodeWeights(tuple(layers), linear(model.lm_head))
+
+
+def _project(linears: tuple[Linear, ...], x: torch.Tensor, sizes) -> list[torch.Tensor]:
+    """The outputs of several projections of x: one merged product split, or one product each."""
+    if len(linears) == 1:
+        return linears[0](x).split(sizes, dim=-1)
+    return [linear(x) for linear in linears]
+
+
+def decode_step(model, weights: DecodeWeights, tokens, positions, index, length: int, prefix_keys, prefix_values,
+                prefix_mask, k: int, rows, keys, values):
     """Next-token logits [B, V] (float32) for tokens [B] at positions [B, 1].
 
     Writes this token's keys/values into keys[l]/values[l] [B, Hkv, capacity, D] at `index`
     (a one-element long tensor equal to length - 1) and attends over their first `length`
     positions and the group's prompt (`grouped_attention`). Same computation as the model's
-    forward with `grouped_decode_attention`, layer by layer.
+    forward with `grouped_decode_attention`, layer by layer, the linear layers applied from
+    `weights` (`decode_weights`, made under the same autocast) with autocast off.
     """
     body = model.model
-    x = body.embed_tokens(tokens[:, None])  # [B, 1, hidden]
-    cos, sin = body.rotary_emb(x, positions)
-    for layer_index, layer in enumerate(body.layers):
-        attention = layer.self_attn
-        rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb
-        hidden = layer.input_layernorm(x)
-        shape = (tokens.shape[0], 1, -1, attention.head_dim)
-        query = attention.q_proj(hidden).view(shape)
-        key = attention.k_proj(hidden).view(shape)
-        if hasattr(attention, "q_norm"):  # qwen3: per-head norms before the rotation
-            query, key = attention.q_norm(query), attention.k_norm(key)
-        query, key = rotate(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
-        value = attention.v_proj(hidden).view(shape).transpose(1, 2)
-        keys[layer_index].index_copy_(2, index, key.to(keys[layer_index].dtype))
-        values[layer_index].index_copy_(2, index, value.to(values[layer_index].dtype))
-        with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(tokens.device.type, enabled=False):
+        x = body.embed_tokens(tokens[:, None])  # [B, 1, hidden]
+        cos, sin = body.rotary_emb(x, positions)
+        for layer_index, (layer, w) in enumerate(zip(body.layers, weights.layers)):
+            attention = layer.self_attn
+            rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb
+            hidden = layer.input_layernorm(x)
+            shape = (tokens.shape[0], 1, -1, attention.head_dim)
+            query, key, value = (p.view(shape) for p in _project(w.qkv, hidden, w.qkv_sizes))
+            if hasattr(attention, "q_norm"):  # qwen3: per-head norms before the rotation
+                query, key = attention.q_norm(query), attention.k_norm(key)
+            query, key = rotate(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
+            value = value.transpose(1, 2)
+            keys[layer_index].index_copy_(2, index, key.to(keys[layer_index].dtype))
+            values[layer_index].index_copy_(2, index, value.to(values[layer_index].dtype))
             out = grouped_attention(
                 query, keys[layer_index].narrow(2, 0, length), values[layer_index].narrow(2, 0, length),
                 prefix_keys[layer_index], prefix_values[layer_index], prefix_mask, k, rows, attention.scaling,
             )
-        out = out.to(query.dtype).transpose(1, 2).reshape(tokens.shape[0], 1, -1)
-        x = x + attention.o_proj(out)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return model.lm_head(body.norm(x))[:, -1].float()
+            out = out.to(query.dtype).transpose(1, 2).reshape(tokens.shape[0], 1, -1)
+            x = x + w.o(out)
+            mlp = layer.mlp
+            gate, up = _project(w.gate_up, layer.post_attention_layernorm(x), (mlp.gate_proj.out_features,) * 2)
+            x = x + w.down(mlp.act_fn(gate) * up)
+        return weights.head(body.norm(x))[:, -1].float()
 
 
 _compiled = None

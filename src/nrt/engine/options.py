@@ -17,7 +17,7 @@ class EngineOptions:
     preallocate_cache: bool = True  # fixed KV buffers instead of transformers' DynamicCache (grows by torch.cat)
     share_prompt_cache: bool = True  # the K rows of a group read one copy of their prompt's keys/values
     compile_step: bool = False  # decode with nrt.engine.decode_step under torch.compile (trainer.torch_compile)
-    lean_step: bool = False  # the same decoding step run eagerly (tests and benchmarks)
+    lean_step: bool = True  # decode with nrt.engine.decode_step run eagerly (prepared weights), where the model allows
     fixed_length: bool = False  # no trace stops before its limit: stop tokens masked (benchmarks: equal work)
     sample_step_at_once: bool = True  # one decoding batch for all of a step's micro-batches (NRTTrainer)
     # scoring and training forward passes (nrt.engine.sequences)
@@ -29,5 +29,5 @@ class EngineOptions:
 
 
 # every speed switch off: the reference path
-PLAIN = EngineOptions(preallocate_cache=False, share_prompt_cache=False, sample_step_at_once=False,
+PLAIN = EngineOptions(preallocate_cache=False, share_prompt_cache=False, lean_step=False, sample_step_at_once=False,
                       fused_logprobs=False, fuse_head=False, share_prompts=False, attention_in_float32=False)

@@ -22,7 +22,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from nrt.engine.cpu_attention import NAME as FLOAT32_SDPA
 from nrt.engine.cpu_attention import attention_implementation, float32_attention, uses_float32_attention
-from nrt.engine.decode_step import SUPPORTED_MODEL_TYPES, compiled_decode_step, decode_step, grouped_attention
+from nrt.engine.decode_step import (SUPPORTED_MODEL_TYPES, compiled_decode_step, decode_step, decode_weights,
+                                    grouped_attention)
 from nrt.engine.decode_step import supports as decode_step_supports
 from nrt.engine.options import EngineOptions
 from nrt.engine.sequences import full_attention_only
@@ -203,11 +204,11 @@ def sample_traces(
     on the CPU, attention runs in float32 with a float32 cache (`nrt.engine.cpu_attention`)
     unless `attention_in_float32=False`; with `share_prompt_cache` (and a supported model: see
     `_grouped_decoding_supported`) the K rows of a group read one copy of their prompt's keys
-    and values instead of K copies (`grouped_decode_attention`); with `compile_step` each token
-    is decoded by `nrt.engine.decode_step.decode_step` under torch.compile instead of the
-    model's forward (the same computation; `lean_step` runs it eagerly), where the model allows
-    it (`nrt.engine.decode_step.supports`); elsewhere `compile_step` warns once and decodes
-    through the forward.
+    and values instead of K copies (`grouped_decode_attention`); there, with `lean_step` (the
+    default) each token is decoded by `nrt.engine.decode_step.decode_step` from weights prepared
+    once per call instead of by the model's forward (the same computation), where the model
+    allows it (`nrt.engine.decode_step.supports`), and with `compile_step` by that step under
+    torch.compile; where it does not, `compile_step` warns once and decodes through the forward.
     """
     float32_cache = engine.attention_in_float32 and uses_float32_attention(model)
     grouped = (engine.share_prompt_cache and engine.preallocate_cache and num_generations > 1
@@ -305,6 +306,7 @@ def _sample(model, prompts: list[list[int]], seeds: list[int], d: _Decoding) -> 
         trace_keys = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.keys]
         trace_values = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.values]
         step = compiled_decode_step() if d.compile_step else decode_step
+        weights = decode_weights(model, pack=not d.compile_step, rows=n)
     sampled = torch.full((n, steps), -1, dtype=torch.long, device=device)  # -1 after a row stopped
     active = torch.arange(n, device=device)  # original row of each row still decoding
     stop = torch.tensor(d.stop_token_ids, device=device)
@@ -332,7 +334,7 @@ def _sample(model, prompts: list[list[int]], seeds: list[int], d: _Decoding) -> 
         full_mask[:, width + t] = 1
         if lean:
             prefix = extra["nrt_shared_prefix"]
-            logits = step(model, tokens, next_position, torch.tensor([t], device=device), t + 1, prefix.keys,
+            logits = step(model, weights, tokens, next_position, torch.tensor([t], device=device), t + 1, prefix.keys,
                           prefix.values, prefix.mask, k, prefix.rows, trace_keys, trace_values)
         else:
             with attention_implementation(model, GROUPED, d.grouped), run_eagerly():
