@@ -34,13 +34,16 @@ VARIANTS = {
     "no_shared_prompts": {"share_prompts": False},
     # sampling.sample_traces: each row reads its own copy of the prompt's keys/values while decoding
     "no_shared_prompt_cache": {"share_prompt_cache": False},
+    # sampling.sample_traces: each token decoded through the model's forward (its modules, autocast casting at every
+    # call) instead of nrt.engine.decode_step with weights prepared once per call (merged, packed for oneDNN)
+    "no_lean_step": {"lean_step": False},
     # nrt.engine.cpu_attention: attention in bfloat16 under autocast (torch's CPU kernel), decoding and training
     "no_float32_attention": {"attention_in_float32": False},
     # trainer.torch_compile on: compiled decoder layers and decoding step (`nrt.engine.decode_step`); < 1 when it pays
     "torch_compile": {},
     # everything above off at once: the step as it was before this work (transformers' cache, full logits)
     "none": {"preallocate_cache": False, "share_prompt_cache": False, "attention_in_float32": False,
-             "fused_logprobs": False},
+             "fused_logprobs": False, "lean_step": False},
     "proposed_fused_adamw": {},
 }
 

@@ -422,3 +422,31 @@ def test_torch_compile_needs_decoder_layers():
 
     with pytest.raises(ValueError, match="trainer.torch_compile: no decoder layers found in Linear"):
         compile_decoder_layers(torch.nn.Linear(2, 2))
+
+
+def test_grouped_attention_with_all_rows_equals_indexed_rows_and_plain_attention():
+    from nrt.engine.decode_step import grouped_attention
+
+    g = torch.Generator().manual_seed(3)
+    groups, k, hq, hkv, p, t, d = 3, 2, 4, 2, 5, 4, 8
+    b = groups * k
+    query = torch.randn(b, hq, 1, d, generator=g, dtype=torch.float64)
+    key, value = (torch.randn(b, hkv, t, d, generator=g, dtype=torch.float64) for _ in range(2))
+    prefix_keys, prefix_values = (torch.randn(groups, hkv, p, d, generator=g, dtype=torch.float64) for _ in range(2))
+    prefix_mask = torch.ones(groups, p, dtype=torch.bool)
+    prefix_mask[1, :2] = False  # left padding in group 1
+    every = grouped_attention(query, key, value, prefix_keys, prefix_values, prefix_mask, k, None, 0.3)
+    indexed = grouped_attention(query, key, value, prefix_keys, prefix_values, prefix_mask, k, torch.arange(b), 0.3)
+    assert torch.equal(every, indexed)
+    # plain attention: each row's group prompt (padding masked) then its own trace, query heads sharing kv heads
+    group = torch.arange(b) // k
+    keys = torch.cat([prefix_keys[group], key], 2).repeat_interleave(hq // hkv, 1)
+    values = torch.cat([prefix_values[group], value], 2).repeat_interleave(hq // hkv, 1)
+    scores = (query @ keys.transpose(-1, -2)) * 0.3
+    allowed = torch.cat([prefix_mask[group], torch.ones(b, t, dtype=torch.bool)], 1)[:, None, None, :]
+    expected = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ values
+    torch.testing.assert_close(every, expected, rtol=1e-12, atol=1e-12)
+    # a subset of rows (row 3 stopped) gives each remaining row the same result
+    rows = torch.tensor([0, 1, 2, 4, 5])
+    subset = grouped_attention(query[rows], key[rows], value[rows], prefix_keys, prefix_values, prefix_mask, k, rows, 0.3)
+    torch.testing.assert_close(subset, expected[rows], rtol=1e-12, atol=1e-12)

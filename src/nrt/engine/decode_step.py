@@ -26,7 +26,9 @@ the same traces as the model's own forward.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,29 +65,38 @@ def grouped_attention(query, key, value, prefix_keys, prefix_values, prefix_mask
     query [B, Hq, 1, D]; key/value [B, Hkv, T, D]: the row's trace so far (this token included);
     prefix_keys/prefix_values [G, Hkv, P, D]: each group's prompt; prefix_mask [G, P] (False at
     left padding); k rows per group, group-major; rows [B]: the original row (g*k + j) of each
-    row still decoding. Returns [B, Hq, 1, D] in the prefix dtype.
+    row still decoding, or None when all G*k rows are, in order. Returns [B, Hq, 1, D] in the
+    prefix dtype.
 
     The prompt part is one matmul per (group, kv head) over its K rows' queries; the trace part
-    is per row; one float32 softmax over both: softmax([q.P^T, q.T^T] * scale) @ [P_v; T_v].
+    is per row; one softmax (in at least float32) over both: softmax([q.P^T, q.T^T] * scale) @ [P_v; T_v].
     """
     g, hkv, p, d = prefix_keys.shape
     b, hq = query.shape[0], query.shape[1]
     rep = hq // hkv
     q = query.to(prefix_keys.dtype).reshape(b, hkv, rep, d) * scale
-    slots = q.new_zeros((g * k, hkv, rep, d))
-    slots[rows] = q
+    slots = q
+    if rows is not None:  # rows that stopped leave a zero query in their group's slot
+        slots = q.new_zeros((g * k, hkv, rep, d))
+        slots[rows] = q
     slots = slots.view(g, k, hkv, rep, d).transpose(1, 2).reshape(g, hkv, k * rep, d)
     prompt_scores = torch.matmul(slots, prefix_keys.transpose(-1, -2))  # [G, Hkv, K*rep, P]
     prompt_scores = prompt_scores.masked_fill(~prefix_mask[:, None, None, :], float("-inf"))
-    prompt_scores = prompt_scores.view(g, hkv, k, rep, p).transpose(1, 2).reshape(g * k, hkv, rep, p)[rows]
+    prompt_scores = prompt_scores.view(g, hkv, k, rep, p).transpose(1, 2).reshape(g * k, hkv, rep, p)
+    if rows is not None:
+        prompt_scores = prompt_scores[rows]
     trace_scores = torch.matmul(q, key.to(prefix_keys.dtype).transpose(-1, -2))  # [B, Hkv, rep, T]
-    probs = torch.cat([prompt_scores, trace_scores], dim=-1).float().softmax(-1).to(prefix_values.dtype)
+    softmax_dtype = torch.promote_types(prompt_scores.dtype, torch.float32)  # float32, or float64 for float64
+    probs = torch.cat([prompt_scores, trace_scores], dim=-1).to(softmax_dtype).softmax(-1).to(prefix_values.dtype)
     out = torch.matmul(probs[..., p:], value.to(prefix_values.dtype))  # [B, Hkv, rep, D]
-    prompt_probs = probs.new_zeros((g * k, hkv, rep, p))
-    prompt_probs[rows] = probs[..., :p]
-    prompt_probs = prompt_probs.view(g, k, hkv, rep, p).transpose(1, 2).reshape(g, hkv, k * rep, p)
+    prompt_probs = probs[..., :p]
+    if rows is not None:
+        prompt_probs = probs.new_zeros((g * k, hkv, rep, p))
+        prompt_probs[rows] = probs[..., :p]
+    prompt_probs = prompt_probs.reshape(g, k, hkv, rep, p).transpose(1, 2).reshape(g, hkv, k * rep, p)
     prompt_out = torch.matmul(prompt_probs, prefix_values)  # [G, Hkv, K*rep, D]
-    out = out + prompt_out.view(g, hkv, k, rep, d).transpose(1, 2).reshape(g * k, hkv, rep, d)[rows]
+    prompt_out = prompt_out.view(g, hkv, k, rep, d).transpose(1, 2).reshape(g * k, hkv, rep, d)
+    out = out + (prompt_out if rows is None else prompt_out[rows])
     return out.reshape(b, hq, 1, d)
 
 
@@ -105,21 +116,25 @@ class Linear:
         return F.linear(x, self.weight, self.bias)
 
 
+Projection = Callable[[torch.Tensor], torch.Tensor]  # a model's own nn.Linear, or a prepared Linear
+
+
 @dataclass(frozen=True)
 class LayerWeights:
     """One decoder layer's projections: `qkv` and `gate_up` are one merged Linear or one per projection."""
 
-    qkv: tuple[Linear, ...]
+    qkv: tuple[Projection, ...]
     qkv_sizes: tuple[int, int, int]
-    o: Linear
-    gate_up: tuple[Linear, ...]
-    down: Linear
+    o: Projection
+    gate_up: tuple[Projection, ...]
+    down: Projection
 
 
 @dataclass(frozen=True)
 class DecodeWeights:
     layers: tuple[LayerWeights, ...]
-    head: Linear
+    head: Projection
+    cast: bool  # prepared in autocast's dtype: the step runs with autocast off
 
 
 def packing_supported() -> bool:
@@ -128,19 +143,25 @@ def packing_supported() -> bool:
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def decode_weights(model, pack: bool = True, rows: int = 64) -> DecodeWeights:
-    """The model's linear weights for `decode_step`, made once per sampling call.
+def decode_weights(model, prepare: bool = True, rows: int = 64) -> DecodeWeights:
+    """The model's linear layers for `decode_step`, made once per sampling call.
 
-    Under CPU autocast: cast to its dtype (what autocast does at every call), q/k/v and gate/up
-    concatenated, and with `pack` (eager steps; a bfloat16 autocast on a oneDNN CPU) laid out for
-    oneDNN for about `rows` rows. Otherwise the modules' own weights, one Linear per projection."""
+    With `prepare` under CPU autocast (eager decoding): the weights cast to autocast's dtype (what
+    autocast does at every call), q/k/v and gate/up concatenated, and under bfloat16 on a oneDNN
+    CPU laid out for oneDNN for about `rows` rows. Otherwise (no autocast, or for torch.compile,
+    which compiles the casts into its graph) the model's own modules, called as they are."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    pack = pack and dtype == torch.bfloat16 and packing_supported()
+    layers = model.model.layers
+    sizes = [(a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features)
+             for a in (layer.self_attn for layer in layers)]
+    if not prepare or dtype is None:
+        return DecodeWeights(tuple(
+            LayerWeights((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj), size,
+                         layer.self_attn.o_proj, (layer.mlp.gate_proj, layer.mlp.up_proj), layer.mlp.down_proj)
+            for layer, size in zip(layers, sizes)), model.lm_head, cast=False)
+    pack = dtype == torch.bfloat16 and packing_supported()
 
     def linear(*modules) -> Linear:
-        if dtype is None:
-            (module,) = modules
-            return Linear(module.weight.detach(), None if module.bias is None else module.bias.detach())
         weight = torch.cat([m.weight.detach() for m in modules]).to(dtype)
         bias = None
         if any(m.bias is not None for m in modules):
@@ -150,19 +171,14 @@ def decode_weights(model, pack: bool = True, rows: int = 64) -> DecodeWeights:
             return Linear(torch.ops.mkldnn._reorder_linear_weight(weight, rows), bias, packed=True)
         return Linear(weight, bias)
 
-    def merged(*modules) -> tuple[Linear, ...]:
-        return (linear(*modules),) if dtype is not None else tuple(linear(m) for m in modules)
-
-    layers = []
-    for layer in model.model.layers:
-        a, mlp = layer.self_attn, layer.mlp
-        layers.append(LayerWeights(merged(a.q_proj, a.k_proj, a.v_proj),
-                                   (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features),
-                                   linear(a.o_proj), merged(mlp.gate_proj, mlp.up_proj), linear(mlp.down_proj)))
-    return DecodeWeights(tuple(layers), linear(model.lm_head))
+    return DecodeWeights(tuple(
+        LayerWeights((linear(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),), size,
+                     linear(layer.self_attn.o_proj), (linear(layer.mlp.gate_proj, layer.mlp.up_proj),),
+                     linear(layer.mlp.down_proj))
+        for layer, size in zip(layers, sizes)), linear(model.lm_head), cast=True)
 
 
-def _project(linears: tuple[Linear, ...], x: torch.Tensor, sizes) -> list[torch.Tensor]:
+def _project(linears: tuple[Projection, ...], x: torch.Tensor, sizes) -> list[torch.Tensor]:
     """The outputs of several projections of x: one merged product split, or one product each."""
     if len(linears) == 1:
         return linears[0](x).split(sizes, dim=-1)
@@ -176,11 +192,11 @@ def decode_step(model, weights: DecodeWeights, tokens, positions, index, length:
     Writes this token's keys/values into keys[l]/values[l] [B, Hkv, capacity, D] at `index`
     (a one-element long tensor equal to length - 1) and attends over their first `length`
     positions and the group's prompt (`grouped_attention`). Same computation as the model's
-    forward with `grouped_decode_attention`, layer by layer, the linear layers applied from
-    `weights` (`decode_weights`, made under the same autocast) with autocast off.
+    forward with `grouped_decode_attention`, layer by layer, the linear layers those of
+    `weights` (`decode_weights`, made under the same autocast; cast ones run with autocast off).
     """
     body = model.model
-    with torch.autocast(tokens.device.type, enabled=False):
+    with torch.autocast(tokens.device.type, enabled=False) if weights.cast else contextlib.nullcontext():
         x = body.embed_tokens(tokens[:, None])  # [B, 1, hidden]
         cos, sin = body.rotary_emb(x, positions)
         for layer_index, (layer, w) in enumerate(zip(body.layers, weights.layers)):
@@ -195,10 +211,11 @@ def decode_step(model, weights: DecodeWeights, tokens, positions, index, length:
             value = value.transpose(1, 2)
             keys[layer_index].index_copy_(2, index, key.to(keys[layer_index].dtype))
             values[layer_index].index_copy_(2, index, value.to(values[layer_index].dtype))
-            out = grouped_attention(
-                query, keys[layer_index].narrow(2, 0, length), values[layer_index].narrow(2, 0, length),
-                prefix_keys[layer_index], prefix_values[layer_index], prefix_mask, k, rows, attention.scaling,
-            )
+            with torch.autocast(tokens.device.type, enabled=False):
+                out = grouped_attention(
+                    query, keys[layer_index].narrow(2, 0, length), values[layer_index].narrow(2, 0, length),
+                    prefix_keys[layer_index], prefix_values[layer_index], prefix_mask, k, rows, attention.scaling,
+                )
             out = out.to(query.dtype).transpose(1, 2).reshape(tokens.shape[0], 1, -1)
             x = x + w.o(out)
             mlp = layer.mlp

@@ -95,14 +95,15 @@ class SharedPrefix:
     """The prompt keys/values of each group, read by all its rows while decoding.
 
     keys[l], values[l]: [G, H_kv, P, D] for decoder layer l; mask [G, P] (False at left padding);
-    k rows per group, group-major; rows [B]: the original row (q*K + k) of each row still decoding.
+    k rows per group, group-major; rows [B]: the original row (q*K + k) of each row still decoding,
+    None while every row is (the first step up to the first stop).
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     mask: torch.Tensor
     k: int
-    rows: torch.Tensor
+    rows: torch.Tensor | None
 
     def select(self, rows: torch.Tensor) -> "SharedPrefix":
         return SharedPrefix(self.keys, self.values, self.mask, self.k, rows)
@@ -276,7 +277,7 @@ def _prefill(model, prompts: list[list[int]], d: _Decoding, steps: int) -> _Pref
     extra = {}
     if d.grouped:
         prefix = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
-                              full_mask[:, :width].bool(), k, torch.arange(q * k, device=device))
+                              full_mask[:, :width].bool(), k, None)
         cache, extra = _decoding_cache(model, steps, cache_dtype), {"nrt_shared_prefix": prefix}
     else:
         cache.batch_repeat_interleave(k)
@@ -306,7 +307,7 @@ def _sample(model, prompts: list[list[int]], seeds: list[int], d: _Decoding) -> 
         trace_keys = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.keys]
         trace_values = [x.new_empty((n, x.shape[1], steps, x.shape[3])) for x in prefix.values]
         step = compiled_decode_step() if d.compile_step else decode_step
-        weights = decode_weights(model, pack=not d.compile_step, rows=n)
+        weights = decode_weights(model, prepare=not d.compile_step, rows=n)
     sampled = torch.full((n, steps), -1, dtype=torch.long, device=device)  # -1 after a row stopped
     active = torch.arange(n, device=device)  # original row of each row still decoding
     stop = torch.tensor(d.stop_token_ids, device=device)
