@@ -380,8 +380,8 @@ def test_compiled_decoding_logits_within_float32_rounding():
         keys = [initial.clone() for _ in range(2)]
         values = [torch.randn(b, hkv, capacity, d, generator=torch.Generator().manual_seed(2)) for _ in range(2)]
         tokens, positions = torch.arange(3, 3 + b), torch.full((b, 1), 7)
-        outputs.append(step(model, decode_weights(model), tokens, positions, torch.tensor([2]), 3, prefix_keys, prefix_values, mask, 2,
-                            rows, keys, values))
+        outputs.append(step(model, decode_weights(model), tokens, positions, torch.tensor([2]), 3, prefix_keys,
+                            prefix_values, mask, 2, rows, keys, values))
         outputs.append(torch.stack(keys))
     assert compiled_graphs() > before
     torch.testing.assert_close(outputs[2], outputs[0], rtol=1e-5, atol=1e-5)  # logits
@@ -448,5 +448,6 @@ def test_grouped_attention_with_all_rows_equals_indexed_rows_and_plain_attention
     torch.testing.assert_close(every, expected, rtol=1e-12, atol=1e-12)
     # a subset of rows (row 3 stopped) gives each remaining row the same result
     rows = torch.tensor([0, 1, 2, 4, 5])
-    subset = grouped_attention(query[rows], key[rows], value[rows], prefix_keys, prefix_values, prefix_mask, k, rows, 0.3)
+    subset = grouped_attention(query[rows], key[rows], value[rows], prefix_keys, prefix_values, prefix_mask, k, rows,
+                               0.3)
     torch.testing.assert_close(subset, expected[rows], rtol=1e-12, atol=1e-12)
