@@ -451,3 +451,31 @@ def test_grouped_attention_with_all_rows_equals_indexed_rows_and_plain_attention
     subset = grouped_attention(query[rows], key[rows], value[rows], prefix_keys, prefix_values, prefix_mask, k, rows,
                                0.3)
     torch.testing.assert_close(subset, expected[rows], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_prepared_decode_weights_give_what_autocast_gives_the_models_linears(model_type):
+    """Cast once, merged and (on a oneDNN CPU) packed: each projection's output equals the module's own
+    under bf16 autocast, bit for bit (qwen2: with q/k/v biases)."""
+    from nrt.engine.decode_step import decode_weights, packing_supported
+
+    model = tiny_family(model_type).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        weights = decode_weights(model, rows=6)
+        assert weights.cast and not decode_weights(model, prepare=False).cast
+        assert (weights.head.packed) == packing_supported()
+        for rows in (1, 6, 13):
+            x = torch.randn(rows, 1, 32, generator=torch.Generator().manual_seed(rows))
+            for layer, w in zip(model.model.layers, weights.layers):
+                a, mlp = layer.self_attn, layer.mlp
+                (qkv,), (gate_up,) = w.qkv, w.gate_up
+                assert len(qkv(x).split(w.qkv_sizes, -1)) == 3
+                for got, module in zip(qkv(x).split(w.qkv_sizes, -1), (a.q_proj, a.k_proj, a.v_proj)):
+                    assert torch.equal(got, module(x))
+                for got, module in zip(gate_up(x).split(64, -1), (mlp.gate_proj, mlp.up_proj)):
+                    assert torch.equal(got, module(x))
+                assert torch.equal(w.o(x), a.o_proj(x))
+                assert torch.equal(w.down(torch.cat([x, x], -1)), mlp.down_proj(torch.cat([x, x], -1)))
+            assert torch.equal(weights.head(x), model.lm_head(x))
+            assert weights.head(x).dtype == torch.bfloat16
+    assert not decode_weights(model).cast  # no autocast: the modules themselves
