@@ -89,3 +89,36 @@ def test_a_forward_keeps_one_float_mask_for_all_its_layers():
     assert saved_mask_storages(attention_in_float32=True, layers=4) == 2
     assert saved_mask_storages(attention_in_float32=False, layers=4) == 2 * 4
 
+
+
+def test_grouped_heads_with_a_mask_give_transformers_repeated_heads_attention():
+    """3 query heads per key/value head and a padding mask: the kernel reads each kv head for its group
+    instead of transformers' copy per query head; same outputs and query gradients, key/value gradients
+    summed over the group in another order."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class GroupedHeads(Heads):
+        num_key_value_groups = 3
+
+    torch.manual_seed(0)
+    rows, kv_heads, queries, prompt, dim = 3, 2, 5, 4, 8
+    mask = additive_mask(padded_causal_mask(rows, queries, prompt, pads=[0, 1, 3]))
+    q = torch.randn(rows, 3 * kv_heads, queries, dim, requires_grad=True)
+    k = torch.randn(rows, kv_heads, prompt + queries, dim, requires_grad=True)
+    v = torch.randn(rows, kv_heads, prompt + queries, dim, requires_grad=True)
+    out, _ = float32_sdpa_attention(GroupedHeads(), q, k, v, mask, scaling=dim**-0.5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected, _ = sdpa_attention_forward(GroupedHeads(), q, k, v, mask, scaling=dim**-0.5)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    assert torch.equal(out, expected)
+    assert torch.equal(grads[0], expected_grads[0])
+    for got, want in zip(grads[1:], expected_grads[1:]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # the repeated path keeps 3x the key/value elements for its backward; the grouped one keeps k and v
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        float32_sdpa_attention(GroupedHeads(), q, k, v, mask, scaling=dim**-0.5)
+    repeated = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: repeated.append(t.numel()) or t, lambda t: t):
+        sdpa_attention_forward(GroupedHeads(), q, k, v, mask, scaling=dim**-0.5)
+    assert sum(saved) < sum(repeated)

@@ -4,6 +4,7 @@ the layers really are recomputed; the shared-prompt KV cache path steps aside un
 import pytest
 import torch
 
+from nrt.engine.cpu_attention import float32_attention
 from nrt.engine.gradient_checkpointing import drops_cache
 from nrt.engine.options import EngineOptions
 from nrt.engine.sequences import completion_logprobs
@@ -24,7 +25,9 @@ def loss_grads_and_layer_calls(trainer, rollout, chunk):
         calls.clear()  # count only the update's forward and backward
         out, _ = trainer.micro_batch_loss(rollout, chunk, baseline, None)
         forward = len(calls)
-        out.loss.backward()
+        # as the trainer does: the checkpointed layers recompute with the forward's attention
+        with float32_attention(trainer.model, enabled=trainer.engine.attention_in_float32):
+            out.loss.backward()
     finally:
         hook.remove()
     return out.loss.detach(), grads_of(trainer.model), (forward, len(calls) - forward)

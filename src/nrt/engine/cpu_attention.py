@@ -39,9 +39,31 @@ def float32_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
     with torch.autocast("cpu", enabled=False):
-        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
-                                              **kwargs)
+        if _grouped_masked(query, key, attention_mask, kwargs):
+            out, weights = _grouped_sdpa(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+        else:
+            out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
+                                                  **kwargs)
     return out.to(dtype), weights
+
+
+def _grouped_masked(query, key, attention_mask, kwargs) -> bool:
+    """A masked multi-token attention with fewer key/value heads than query heads and nothing else
+    (no position bias, soft-capping or returned weights), which `_grouped_sdpa` computes."""
+    return (attention_mask is not None and query.shape[2] > 1 and key.shape[1] != query.shape[1]
+            and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+            and not kwargs.get("output_attentions", False))
+
+
+def _grouped_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' sdpa attention for `_grouped_masked` inputs, with the CPU kernel reading each key/value
+    head for its group of query heads (`enable_gqa`). transformers copies them to one per query head
+    whenever there is a mask (its kernel choice on CUDA), which costs a copy per layer and keeps
+    heads-times more key/value activations for the backward. The same outputs; the key/value gradients
+    are summed over the group in another order (float rounding)."""
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
