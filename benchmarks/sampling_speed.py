@@ -41,12 +41,13 @@ def main(argv=None):
                   pad_token_id=0, seeds=list(range(args.prompts)))
     variants = {
         "all": dict(),
-        "lean_step": dict(lean_step=True),  # nrt.engine.decode_step, eager
+        "forward": dict(lean_step=False),  # each token through the model's forward, not nrt.engine.decode_step
         "compiled": dict(compile_step=True),
         "dynamic": dict(preallocate_cache=False, share_prompt_cache=False),
         "preallocated": dict(share_prompt_cache=False),
         "bf16_attention": dict(attention_in_float32=False),
-        "no_optimisations": dict(preallocate_cache=False, share_prompt_cache=False, attention_in_float32=False),
+        "no_optimisations": dict(preallocate_cache=False, share_prompt_cache=False, attention_in_float32=False,
+                                 lean_step=False),
         "one_thread": dict(),  # all optimisations, decoding on 1 thread
     }
     times = {v: [] for v in args.variants}
