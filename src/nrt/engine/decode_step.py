@@ -15,8 +15,9 @@ autocast they are cast to its dtype there, as autocast casts them at every call,
 runs with autocast off: the same numbers. Cast, q/k/v and gate/up are each concatenated into one
 matrix (fewer, larger matmuls; a product's columns do not depend on the columns beside them),
 and, eagerly on a oneDNN CPU, packed into oneDNN's blocked layout: at 64 rows a matmul otherwise
-re-lays-out its weight on every call, which costs about as much as the product
-(docs/PERFORMANCE.md). Without autocast the modules' own weights are used as they are.
+re-lays-out its weight on every call (merged and packed, one token's linear layers of SmolLM2-135M
+ran 1.24x faster: docs/PERFORMANCE.md, `benchmarks/decode_linear.py`). Without autocast the modules'
+own weights are used as they are.
 
 Supported: transformers' own classes of `SUPPORTED_MODEL_TYPES` (pre-norm decoder layers, q/k/v/o
 projections with optional biases, optional per-head q/k norms, rotary embeddings, full
