@@ -310,6 +310,19 @@ def test_decode_step_under_bf16_autocast_samples_what_the_forward_samples():
     assert len({len(t) for t in lean}) > 2
 
 
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
+def test_prepared_decoding_under_bf16_autocast_samples_what_the_forward_samples(model_type):
+    """Each family's float32 model under bf16 autocast: the step over prepared (cast, merged, packed) weights
+    samples the forward's traces token for token (qwen2's biases, qwen3's q/k norms on the merged product)."""
+    model = tiny_family(model_type).float()
+    args = dict(FAMILY_ARGS, max_new_tokens=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lean = sample_traces(model, FAMILY_PROMPTS, **args, engine=EngineOptions(lean_step=True))
+        forward = sample_traces(model, FAMILY_PROMPTS, **args, engine=EngineOptions(lean_step=False))
+    assert lean == forward
+    assert len({len(t) for t in lean}) > 2
+
+
 def test_decode_step_is_not_used_where_it_would_skip_a_hook():
     from nrt.engine.decode_step import supports
 
