@@ -12,12 +12,12 @@ lengths 1 and 2, and a batch down to a single row, compile graphs of their own.
 
 The linear layers' weights are prepared once per sampling call (`decode_weights`). Under
 autocast they are cast to its dtype there, as autocast casts them at every call, and the step
-runs with autocast off: the same numbers. Cast, q/k/v and gate/up are each concatenated into one
-matrix (fewer, larger matmuls; a product's columns do not depend on the columns beside them),
-and, eagerly on a oneDNN CPU, packed into oneDNN's blocked layout: at 64 rows a matmul otherwise
-re-lays-out its weight on every call (merged and packed, one token's linear layers of SmolLM2-135M
-ran 1.24x faster: docs/PERFORMANCE.md, `benchmarks/decode_linear.py`). Without autocast the modules'
-own weights are used as they are.
+runs with autocast off: the same numbers. The cast q/k/v weights become one matrix, and so do
+gate/up (fewer, larger matmuls; a product's columns do not depend on the columns beside them);
+eagerly on a oneDNN CPU each matrix is also packed into oneDNN's blocked layout: at 64 rows a
+matmul otherwise re-lays-out its weight on every call (merged and packed, one token's linear
+layers of SmolLM2-135M ran 1.24x faster: docs/PERFORMANCE.md, `benchmarks/decode_linear.py`).
+Without autocast the modules' own weights are used as they are.
 
 Supported: transformers' own classes of `SUPPORTED_MODEL_TYPES` (pre-norm decoder layers, q/k/v/o
 projections with optional biases, optional per-head q/k norms, rotary embeddings, full
