@@ -41,6 +41,9 @@ VARIANTS = {
     "no_float32_attention": {"attention_in_float32": False},
     # trainer.torch_compile on: compiled decoder layers and decoding step (`nrt.engine.decode_step`); < 1 when it pays
     "torch_compile": {},
+    # trainer.torch_compile's compiled decoder layers for the update, but decoding eagerly with the prepared weights
+    # (EngineOptions.compile_step off); measured, not the option's behaviour
+    "torch_compile_eager_decoding": {"compile_step": False},
     # everything above off at once: the step as it was before this work (transformers' cache, full logits)
     "none": {"preallocate_cache": False, "share_prompt_cache": False, "attention_in_float32": False,
              "fused_logprobs": False, "lean_step": False},
@@ -55,7 +58,8 @@ def fused_adamw(trainer) -> None:
 
 
 SETUPS = {"proposed_fused_adamw": fused_adamw}  # variants that change the trainer once
-BUILT_WITH = {"torch_compile": {"compile": True}}  # variants built from other `nrt bench` options
+# variants built from other `nrt bench` options
+BUILT_WITH = {"torch_compile": {"compile": True}, "torch_compile_eager_decoding": {"compile": True}}
 
 
 def main(argv=None):
