@@ -83,7 +83,7 @@ def update_part(args, g) -> dict:
 
     def micro_batch(attention, dtype):
         def run():
-            inputs = [[t.to(dtype).requires_grad_() for t in layer] for layer in layers]
+            inputs = [[t.detach().to(dtype).requires_grad_() for t in layer] for layer in layers]  # fresh leaves
             outs = [attention(*layer) for layer in inputs]
             torch.autograd.backward([o.float().square().sum() for o in outs])
             return outs
