@@ -1,6 +1,6 @@
 """Other ways to compute the step's two attentions at SmolLM2-135M's size, side by side (medians).
 
-    .venv/bin/python benchmarks/attention_kernels.py --repeats 5
+    .venv/bin/python benchmarks/attention_kernels.py --repeats 10
 
 What this CPU's kernels allow, measured for the attentions nrt runs (docs/PERFORMANCE.md, "What
 else was measured"):
