@@ -30,24 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-
-
-def timed(variants: dict, repeats: int) -> dict:
-    """Median milliseconds of each zero-argument function, the variants alternating, after one warm-up each."""
-    times = {name: [] for name in variants}
-    for run in variants.values():
-        run()
-    for _ in range(repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+from timing import alternating_medians_ms
 
 
 def update_part(args, g) -> dict:
@@ -90,7 +76,7 @@ def update_part(args, g) -> dict:
             return outs
         return run
 
-    ms = timed({name: micro_batch(*v) for name, v in variants.items()}, args.repeats)
+    ms = alternating_medians_ms({name: micro_batch(*v) for name, v in variants.items()}, args.repeats)
     with torch.no_grad():
         reference = flash_masked(*layers[0])
         diff = {name: (attention(*(t.to(dtype) for t in layers[0])).float() - reference).abs().max().item()
@@ -124,11 +110,11 @@ def decode_part(args, g, trace: int) -> dict:
 
     variants = {"float32": attend(torch.float32), "float32_keys_left": attend(torch.float32, keys_left=True),
                 "bfloat16": attend(torch.bfloat16)}
-    ms = timed(variants, args.repeats * 4)
+    ms = alternating_medians_ms(variants, args.repeats * 4)
     reference = variants["float32"]()[0][0]
     diff = {name: (run()[0][0].float() - reference).abs().max().item() for name, run in variants.items()}
     big = torch.randn(50_000_000, generator=g)
-    sum_ms = timed({"sum": big.sum}, args.repeats * 4)["sum"]
+    sum_ms = alternating_medians_ms({"sum": big.sum}, args.repeats * 4)["sum"]
     cache_mb = {name: 2 * rows * kv_heads * trace * dim * (2 if name == "bfloat16" else 4) * args.layers / 1e6
                 for name in variants}
     return {"part": "decode", "trace": trace, "ms_per_token": ms, "max_abs_diff_scores": diff,

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import alternating_medians_ms
 
 from nrt.engine.decode_step import packing_supported
 
@@ -72,14 +71,7 @@ def main(argv=None):
                 for ws in packed], packed_linear(x, packed_head)
 
     variants = {"linear": run_linear, "merged": run_merged, "packed": run_packed}
-    times = {name: [] for name in variants}
-    for fn in variants.values():
-        fn()  # warm-up
-    for _ in range(args.repeats):  # alternating
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
+    medians = alternating_medians_ms(variants, args.repeats)
 
     reference, reference_head = run_linear()
     flat = [torch.cat([outs[0], outs[1], outs[2]], -1) for outs in reference]
@@ -90,7 +82,6 @@ def main(argv=None):
                        and all(torch.equal(o[0], f) and torch.equal(o[1], r[3])
                                and torch.equal(o[2], torch.cat([r[4], r[5]], -1)) and torch.equal(o[3], r[6])
                                for o, f, r in zip(outs, flat, reference)))
-    medians = {name: statistics.median(t) for name, t in times.items()}
     print(json.dumps({"ms_per_token": medians, "speedup_over_linear": {n: medians["linear"] / m for n, m in
                                                                       medians.items()},
                       "equal_to_linear": equal, "rows": args.rows, "layers": args.layers,

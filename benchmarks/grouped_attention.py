@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from timing import alternating_medians_ms
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from nrt.engine.cpu_attention import additive_mask, float32_sdpa_attention
@@ -61,14 +60,8 @@ def main(argv=None):
         torch.autograd.backward([o.square().sum() for o in outs])
         return outs
 
-    times = {name: [] for name in variants}
-    for attention in variants.values():
-        micro_batch(attention)  # warm-up
-    for _ in range(args.repeats):  # alternating
-        for name, attention in variants.items():
-            start = time.perf_counter()
-            micro_batch(attention)
-            times[name].append((time.perf_counter() - start) * 1e3)
+    medians = alternating_medians_ms({name: lambda a=attention: micro_batch(a) for name, attention in variants.items()},
+                                     args.repeats)
     saved = {}
     for name, attention in variants.items():
         sizes = []
@@ -78,7 +71,6 @@ def main(argv=None):
     q, k, v = layers[0]
     equal = torch.equal(float32_sdpa_attention(module, q, k, v, mask, scaling=scale)[0],
                         sdpa_attention_forward(module, q, k, v, mask, scaling=scale)[0])
-    medians = {name: statistics.median(t) for name, t in times.items()}
     print(json.dumps({"ms_per_micro_batch": medians, "repeated_over_grouped": medians["repeated"] / medians["grouped"],
                       "saved_elements_per_layer": saved, "outputs_equal": equal, "layers": args.layers,
                       "threads": torch.get_num_threads(), "repeats": args.repeats}))
