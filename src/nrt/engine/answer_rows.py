@@ -36,6 +36,7 @@ import torch
 from nrt.engine.cpu_attention import float32_attention, uses_float32_attention
 from nrt.engine.options import EngineOptions
 from nrt.engine.sampling import _decoding_cache, _pick, run_eagerly
+from nrt.engine.transformers_compat import cache_kwargs
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _decode(model, prompts, kinds, answers, seeds, rs, eos, pad, max_answer, flo
     positions = (mask[:, :width].cumsum(-1) - 1).clamp_min(0)
     cache = _decoding_cache(model, width + steps, torch.float32 if float32_cache else None)
     out = model(input_ids=ids.to(device), attention_mask=mask[:, :width].to(device),
-                position_ids=positions.to(device), cache=cache, use_cache=True, logits_to_keep=1)
+                position_ids=positions.to(device), **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
     cache.batch_repeat_interleave(r)
     logits = out.logits[:, -1].float().cpu().repeat_interleave(r, 0)  # [N, V]
     mask = mask.repeat_interleave(r, 0)
@@ -207,7 +208,7 @@ def _decode(model, prompts, kinds, answers, seeds, rs, eos, pad, max_answer, flo
             cache.batch_select_indices(keep.to(device))
             active, tokens, mask, next_position = a[keep], tokens[keep], mask[keep], next_position[keep]
         logits = model(input_ids=tokens[:, None].to(device), attention_mask=mask[:, : width + t + 1].to(device),
-                       position_ids=next_position[:, None].to(device), cache=cache, use_cache=True).logits[:, -1]
+                       position_ids=next_position[:, None].to(device), **cache_kwargs(cache), use_cache=True).logits[:, -1]
         logits = logits.float().cpu()
         next_position = next_position + 1
 

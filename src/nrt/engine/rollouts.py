@@ -33,6 +33,8 @@ class Rollout:
     num_generations: int
     distinct_2: torch.Tensor  # [B] distinct 2-gram ratio within the trace (NaN when shorter than 2)
     distinct_3: torch.Tensor  # [B] distinct 3-gram ratio within the trace (NaN when shorter than 3)
+    rollout_logprobs: torch.Tensor | None = None  # [B, C] the sampler's log-probs on trace_mask, 0 elsewhere;
+    #                                               None when the trainer's own model sampled
 
     def answer_columns(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The answer tokens' columns of per-completion-token values [B, C]: ([B, T], mask [B, T])."""
@@ -63,8 +65,10 @@ def build_rollout(
     eos_id: int,
     pad_id: int,
     device=None,
+    trace_logprobs: list[list[float]] | None = None,
 ) -> Rollout:
-    """Splice answers after sampled traces. prompts/answers: one per question; traces: Q*K, group-major."""
+    """Splice answers after sampled traces. prompts/answers: one per question; traces: Q*K, group-major;
+    trace_logprobs: the sampler's log-prob of each sampled token (`nrt.engine.samplers`), when it has them."""
     k = num_generations
     rows_prompt, completions, trace_len, emitted, bodies = [], [], [], [], []
     for row, trace in enumerate(traces):
@@ -85,7 +89,14 @@ def build_rollout(
     prefix_mask = at_marker & ~emitted_t[:, None]
     answer_length = torch.tensor([len(answers[r // k]) for r in range(len(traces))], device=columns.device)
     distinct = [torch.tensor([distinct_ratio(b, n) for b in bodies], device=columns.device) for n in (2, 3)]
-    return Rollout(batch, trace_mask, prefix_mask, trace_len_t + 1, answer_length, trace_len_t, emitted_t, k, *distinct)
+    sampled = None
+    if trace_logprobs is not None:  # the trace_mask columns: the body, then a self-emitted marker (a final eos is dropped)
+        sampled = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
+        for row, (lp, n, e) in enumerate(zip(trace_logprobs, trace_len, emitted)):
+            sampled[row, : n + e] = torch.tensor(lp[: n + e], dtype=torch.float32)
+        sampled = sampled.to(columns.device)
+    return Rollout(batch, trace_mask, prefix_mask, trace_len_t + 1, answer_length, trace_len_t, emitted_t, k, *distinct,
+                   rollout_logprobs=sampled)
 
 
 def no_trace_batch(prompts: list[list[int]], answers: list[list[int]], response_start_id: int, pad_id: int,

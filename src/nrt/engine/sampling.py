@@ -26,6 +26,7 @@ from nrt.engine.decode_step import (SUPPORTED_MODEL_TYPES, compiled_decode_step,
                                     grouped_attention)
 from nrt.engine.decode_step import supports as decode_step_supports
 from nrt.engine.options import EngineOptions
+from nrt.engine.transformers_compat import cache_kwargs
 from nrt.engine.sequences import full_attention_only
 
 
@@ -273,7 +274,7 @@ def _prefill(model, prompts: list[list[int]], d: _Decoding, steps: int) -> _Pref
     full_mask = full_mask.to(device)
     with run_eagerly():
         out = model(input_ids=ids.to(device), attention_mask=full_mask[:, :width], position_ids=positions.to(device),
-                    cache=cache, use_cache=True, logits_to_keep=1)
+                    **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
     extra = {}
     if d.grouped:
         prefix = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
@@ -343,7 +344,7 @@ def _sample(model, prompts: list[list[int]], seeds: list[int], d: _Decoding) -> 
                     input_ids=tokens[:, None],
                     attention_mask=None if d.grouped else full_mask[:, : width + t + 1],  # grouped: masks its prompt
                     position_ids=next_position,
-                    cache=cache,
+                    **cache_kwargs(cache),
                     use_cache=True,
                     **extra,
                 ).logits[:, -1].float()

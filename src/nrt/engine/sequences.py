@@ -30,6 +30,7 @@ import torch
 from nrt.engine.cpu_attention import float32_attention
 from nrt.engine.gradient_checkpointing import drops_cache
 from nrt.engine.options import EngineOptions
+from nrt.engine.transformers_compat import cache_kwargs, kept_outputs, output_cache
 from nrt.engine.token_logprobs import head_token_logprobs, lm_head_rows, unwrap
 
 
@@ -87,13 +88,13 @@ def _row_logprobs(model, batch: PackedBatch, head, with_entropy: bool):
     p = batch.input_ids.shape[1] - c
     keep = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
     keep[:, p - 1 : p - 1 + c] = batch.completion_mask  # position i predicts token i + 1
-    rows = model(
+    rows = kept_outputs(  # [N, V] logits, or [N, H] hidden states under lm_head_rows
+        model, keep,
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=False,
-        logits_to_keep=keep,
-    ).logits  # [N, V] logits, or [N, H] hidden states under lm_head_rows
+    )
     mask = batch.completion_mask
     lp, ent = head_token_logprobs(rows.reshape(-1, rows.shape[-1]), batch.completion_ids[mask], head, with_entropy)
     logprobs = lp.new_zeros((b, c)).masked_scatter(mask, lp)
@@ -117,7 +118,7 @@ def _shared_prompt_logprobs(model, batch: PackedBatch, groups: torch.Tensor, hea
         input_ids=batch.input_ids[first, :p],
         attention_mask=batch.attention_mask[first, :p],
         position_ids=batch.position_ids[first, :p],
-        cache=cache,
+        **cache_kwargs(cache),
         use_cache=True,
         logits_to_keep=1,
     )
@@ -125,17 +126,17 @@ def _shared_prompt_logprobs(model, batch: PackedBatch, groups: torch.Tensor, hea
     lp0, ent0 = head_token_logprobs(last, batch.completion_ids[:, 0], head, with_entropy)
     logprobs, entropy = lp0[:, None], (ent0[:, None] if with_entropy else None)
     if c > 1:
-        cache = out.cache if getattr(out, "cache", None) is not None else cache
+        cache = output_cache(out) if output_cache(out) is not None else cache
         cache.batch_select_indices(groups)  # [G, H, P, D] -> [B, H, P, D], differentiable
         keep = batch.completion_mask[:, 1:]
-        rows = model(
+        rows = kept_outputs(
+            model, keep,
             input_ids=batch.input_ids[:, p : p + c - 1],
             attention_mask=batch.attention_mask[:, : p + c - 1],
             position_ids=batch.position_ids[:, p : p + c - 1],
-            cache=cache,
+            **cache_kwargs(cache),
             use_cache=True,
-            logits_to_keep=keep,
-        ).logits
+        )
         lp, ent = head_token_logprobs(rows.reshape(-1, rows.shape[-1]), batch.completion_ids[:, 1:][keep], head,
                                       with_entropy)
         logprobs = torch.cat([logprobs, lp.new_zeros((b, c - 1)).masked_scatter(keep, lp)], dim=1)

@@ -102,7 +102,12 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
 
     # the vocabulary and position limits, from the model's config before its weights load, then on the model
     checked = examples + (eval_set.examples if eval_set else [])
-    check_model_fits(load_config(source), tokenizer, config, checked)
+    model_config = load_config(source)
+    check_model_fits(model_config, tokenizer, config, checked)
+    if config.trainer.use_vllm:
+        from nrt.engine.vllm_sampler import check_architecture
+
+        check_architecture(model_config, config.model.model_name_or_path)
     model = load_model(source, dtype=getattr(torch, config.model.dtype))
     check_model_fits(model, tokenizer, config, checked)
     trainer = make_trainer(config, model, tokenizer, examples, eval_set)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from nrt.advantages import is_constant
+from nrt.rollout_correction import mismatch
 
 
 @dataclass
@@ -27,15 +28,24 @@ class TraceStats:
     filtered_group: torch.Tensor  # [Q] 1 where RLPR's std filter dropped the group
     entropy_sum: torch.Tensor  # [1] summed policy entropy over trace tokens
     entropy_count: torch.Tensor  # [1] trace tokens counted in entropy_sum
+    # traces sampled by another engine (vLLM): its policy against the trainer's (nrt.rollout_correction)
+    rollout_kl_sum: torch.Tensor  # [1]
+    rollout_ratio_sum: torch.Tensor  # [1]
+    rollout_ratio_max: torch.Tensor  # [1]
+    rollout_tokens: torch.Tensor  # [1] 0 when the trainer's own model sampled
 
     @classmethod
     def of(cls, rollout, scores, answer: torch.Tensor, answer_mask: torch.Tensor, baseline: torch.Tensor,
-           entropy: torch.Tensor | None, response_start_id: int) -> "TraceStats":
+           entropy: torch.Tensor | None, response_start_id: int, logprobs: torch.Tensor) -> "TraceStats":
         """From a rollout, its scores (`nrt.scoring.Scores`), the answer log-probs [B, T] after each
-        trace and without one, and the entropy [B, C] of every completion token."""
+        trace and without one, the entropy [B, C] and the trainer's log-probs [B, C] of every completion token."""
         k = rollout.num_generations
         reward = scores.reward.float()
         trace_tokens = rollout.trace_mask & (rollout.batch.completion_ids != response_start_id)
+        if rollout.rollout_logprobs is not None:
+            gap = mismatch(logprobs, rollout.rollout_logprobs, rollout.trace_mask)
+        else:
+            gap = mismatch(logprobs, logprobs, torch.zeros_like(rollout.trace_mask))
         return cls(
             reward=reward,
             answer_logprob=answer.sum(-1),
@@ -50,6 +60,8 @@ class TraceStats:
             filtered_group=(~scores.kept).float(),
             entropy_sum=(entropy * trace_tokens).sum().reshape(1),
             entropy_count=trace_tokens.sum().float().reshape(1),
+            rollout_kl_sum=gap.kl_sum, rollout_ratio_sum=gap.ratio_sum, rollout_ratio_max=gap.ratio_max,
+            rollout_tokens=gap.tokens,
         )
 
     @staticmethod
@@ -77,4 +89,9 @@ class TraceStats:
             "distinct_2": c["distinct_2"].nanmean(),
             "distinct_3": c["distinct_3"].nanmean(),
         }
+        tokens = c["rollout_tokens"].sum()
+        if tokens > 0:  # another engine sampled: how far its policy is from the trainer's
+            metrics.update(rollout_kl=c["rollout_kl_sum"].sum() / tokens,
+                           rollout_ratio_mean=c["rollout_ratio_sum"].sum() / tokens,
+                           rollout_ratio_max=c["rollout_ratio_max"].max())
         return {k: float(v) for k, v in metrics.items()}

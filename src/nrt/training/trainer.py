@@ -29,10 +29,12 @@ from dataclasses import dataclass
 import torch
 
 from nrt.engine.rollouts import Rollout, build_rollout, no_trace_batch
-from nrt.engine.sampling import question_seed, sample_traces
+from nrt.engine.samplers import NativeSampler, SampledTraces, TraceRequest
+from nrt.engine.sampling import question_seed
 from nrt.engine.sequences import completion_logprobs, gather_columns
 from nrt.loss import LossInputs, LossOutputs, nrt_loss
 from nrt.rewards import aggregate
+from nrt.rollout_correction import truncated_importance_weights
 from nrt.scoring import score_traces
 from nrt.shaping import EmaStdFilter
 from nrt.training.base import EvalSet, Question, Trainer  # noqa: F401  (EvalSet: part of this module's API)
@@ -63,6 +65,25 @@ class NRTTrainer(Trainer):
         # RLPR's debiasing needs the *initial* policy's no-trace reward: computed now, before any update
         self.initial_no_trace_reward = self.no_trace_rewards() if m.reward_baseline == "initial_no_trace" else None
         self.register_state([self.std_filter, self.collapse, self.best, self.divergence])
+        self.sampler = self.make_sampler()
+        self.synced_step: int | None = None  # the step whose weights the sampler holds
+
+    def make_sampler(self):
+        """nrt's engine, or with trainer.use_vllm a vLLM engine in this process (nrt.engine.samplers)."""
+        t = self.config.trainer
+        if not t.use_vllm:
+            return NativeSampler(self.pad_id, self.engine)
+        from nrt.engine.vllm_sampler import VLLMOptions, VLLMSampler
+
+        policy = self.accelerator.unwrap_model(self.model)
+        bf16 = t.bf16 or next(policy.parameters()).dtype == torch.bfloat16
+        options = VLLMOptions(
+            dtype="bfloat16" if bf16 else "float32", gpu_memory_utilization=t.vllm_gpu_memory_utilization,
+            tensor_parallel_size=t.vllm_tensor_parallel_size, enable_sleep_mode=t.vllm_enable_sleep_mode,
+            max_model_length=t.vllm_max_model_length or self.config.data.max_prompt_length + t.max_completion_length,
+            seed=t.seed, fixed_length=self.engine.fixed_length,
+        )
+        return VLLMSampler(policy, options, multi_process=self.accelerator.num_processes > 1)
 
     def before_optimizer(self, model) -> None:
         """With a KL term (trainer.beta > 0), a frozen copy of the initial model is the reference;
@@ -82,7 +103,12 @@ class NRTTrainer(Trainer):
         chunks = self.micro_batches(self.step)
         timer = {}
 
-        # 1. Sample K traces per question and splice the reference answers in.
+        # 1. Sample K traces per question with the current weights and splice the reference answers in.
+        tick = time.perf_counter()
+        if self.synced_step != self.step:
+            self.sampler.sync(self.accelerator.unwrap_model(self.model))
+            self.synced_step = self.step
+        timer["weight_sync"] = time.perf_counter() - tick
         tick = time.perf_counter()
         rollouts = self.sample_micro_batches(chunks)
         timer["generate"] = time.perf_counter() - tick
@@ -129,28 +155,28 @@ class NRTTrainer(Trainer):
         traces = self.sample_traces([q for chunk in chunks for q in chunk])
         rollouts, first = [], 0
         for chunk in chunks:
-            rollouts.append(self.rollout(chunk, traces[first * self.k : (first + len(chunk)) * self.k]))
+            rows = slice(first * self.k, (first + len(chunk)) * self.k)
+            part = SampledTraces(traces.token_ids[rows], traces.logprobs[rows] if traces.logprobs else None)
+            rollouts.append(self.rollout(chunk, part))
             first += len(chunk)
         return rollouts
 
-    def sample_traces(self, questions: list[Question]) -> list[list[int]]:
+    def sample_traces(self, questions: list[Question]) -> SampledTraces:
         """K traces per question, group-major (question q's are rows q*K .. q*K + K - 1)."""
         t = self.config.trainer
-        policy = self.accelerator.unwrap_model(self.model)
+        request = TraceRequest(
+            [q.example.prompt_ids for q in questions], self.k, t.max_completion_length,
+            [self.response_start_id, self.eos_id], [question_seed(t.seed, q.position) for q in questions],
+            t.temperature, t.top_p,
+        )
         with self.accelerator.autocast():
-            return sample_traces(
-                policy, [q.example.prompt_ids for q in questions],
-                num_generations=self.k, max_new_tokens=t.max_completion_length,
-                stop_token_ids=[self.response_start_id, self.eos_id], pad_token_id=self.pad_id,
-                seeds=[question_seed(t.seed, q.position) for q in questions],
-                temperature=t.temperature, top_p=t.top_p, engine=self.engine,
-            )
+            return self.sampler.sample(request)
 
-    def rollout(self, chunk: list[Question], traces: list[list[int]]) -> Rollout:
+    def rollout(self, chunk: list[Question], traces: SampledTraces) -> Rollout:
         return build_rollout(
-            [q.example.prompt_ids for q in chunk], [q.example.answer_ids for q in chunk], traces,
+            [q.example.prompt_ids for q in chunk], [q.example.answer_ids for q in chunk], traces.token_ids,
             num_generations=self.k, response_start_id=self.response_start_id, eos_id=self.eos_id,
-            pad_id=self.pad_id, device=self.accelerator.device,
+            pad_id=self.pad_id, device=self.accelerator.device, trace_logprobs=traces.logprobs,
         )
 
     @torch.no_grad()
@@ -192,7 +218,7 @@ class NRTTrainer(Trainer):
             initial = self.initial_no_trace_reward[[q.index for q in chunk]].repeat_interleave(self.k)
         scores = score_traces(self.config.method, self.k, answer, mask, baseline, rollout.emitted_response_start,
                               initial, self.std_filter)
-        stats = TraceStats.of(rollout, scores, answer, mask, baseline, entropy, self.response_start_id)
+        stats = TraceStats.of(rollout, scores, answer, mask, baseline, entropy, self.response_start_id, logprobs)
         return Scored(scores.advantages, scores.answer_weights, logprobs if keep_old else None, stats)
 
     def micro_batch_loss(self, rollout: Rollout, chunk: list[Question], baseline, scored: Scored | None):
@@ -207,9 +233,14 @@ class NRTTrainer(Trainer):
         if self.ref_model is not None:
             with torch.no_grad():
                 ref, _ = completion_logprobs(self.ref_model, rollout.batch, engine=self.engine)
+        old = scored.old_logprobs if scored.old_logprobs is not None else logprobs.detach()
+        rollout_weights = None  # traces from another engine (vLLM): its policy differs a little from this one
+        if rollout.rollout_logprobs is not None and t.vllm_importance_sampling_correction:
+            rollout_weights = truncated_importance_weights(old, rollout.rollout_logprobs, rollout.trace_mask,
+                                                           t.vllm_importance_sampling_clip_max)
         inputs = LossInputs(
             completion_logprobs=logprobs,
-            old_completion_logprobs=scored.old_logprobs if scored.old_logprobs is not None else logprobs.detach(),
+            old_completion_logprobs=old,
             trace_mask=rollout.trace_mask,
             advantages=scored.advantages,
             prefix_mask=rollout.prefix_mask,
@@ -217,6 +248,7 @@ class NRTTrainer(Trainer):
             answer_mask=mask,
             answer_weights=scored.answer_weights,
             ref_logprobs=ref,
+            rollout_weights=rollout_weights,
         )
         out = nrt_loss(
             inputs, policy_loss=m.policy_loss, epsilon_low=t.epsilon_low, epsilon_high=t.epsilon_high,
