@@ -13,7 +13,8 @@ SRC = Path(nrt.__file__).parent
 LAYERS = [
     ("foundation", ["nrt.errors", "nrt.config", "nrt.tokens", "nrt.data", "nrt.data_prep", "nrt.model_loading",
                     "nrt.tiny",
-                    "nrt.rewards", "nrt.advantages", "nrt.shaping", "nrt.scoring", "nrt.loss", "nrt.presets"]),
+                    "nrt.rewards", "nrt.advantages", "nrt.shaping", "nrt.scoring", "nrt.loss", "nrt.rollout_correction",
+                    "nrt.presets"]),
     ("engine", ["nrt.engine"]),
     ("evaluation", ["nrt.evaluation"]),
     ("training", ["nrt.training"]),

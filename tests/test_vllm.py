@@ -4,7 +4,6 @@
 missing vLLM fails them; elsewhere they are skipped when vLLM is not installed.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from nrt.tokens import RESPONSE_START  # noqa: E402
 
 # vLLM's CPU attention kernels take head sizes of 32 and more: hidden 128 over 2 heads
 HIDDEN, HEADS = 128, 2
-OPTIONS = VLLMOptions(dtype="float32", gpu_memory_utilization=0.02, max_model_length=256, seed=0)
+OPTIONS = VLLMOptions(dtype="float32", gpu_memory_utilization=0.01, max_model_length=256, seed=0)
 
 
 def make_model(seed=0):
@@ -44,8 +43,8 @@ def prompts(tokenizer, texts):
 def test_traces_stop_after_a_stop_id_or_at_the_limit(engine):
     model, tokenizer, sampler = engine
     rs, eos = tokenizer.convert_tokens_to_ids(RESPONSE_START), tokenizer.eos_token_id
-    # a random model draws each id with probability ~1/99: give it 12 stop ids so that both endings occur
-    stops = [rs, eos] + list(range(10, 20))
+    # a random model draws each id with probability ~1/99: with 6 stop ids a quarter of the traces reach the limit
+    stops = [rs, eos] + list(range(10, 14))
     request = TraceRequest(prompts(tokenizer, ["1+2=", "what is 3?"]), 16, 24, stops, [5, 6])
     traces = sampler.sample(request)
     assert len(traces.token_ids) == 32 and len(traces.logprobs) == 32
@@ -113,7 +112,7 @@ def test_sync_puts_the_updated_weights_in_the_engine(lora):
         for name, p in model.named_parameters():  # LoRA's B starts at 0: give the adapter a delta to merge
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.05)
-    sampler = VLLMSampler(model, VLLMOptions(dtype="bfloat16", gpu_memory_utilization=0.02, max_model_length=128))
+    sampler = VLLMSampler(model, VLLMOptions(dtype="bfloat16", gpu_memory_utilization=0.01, max_model_length=128))
     ids = tokenizer("the answer is 42, since 6*7=42.", add_special_tokens=False).input_ids + [rs]
     before = model_logprobs(model, ids)
     tolerance = 0.05  # bf16 weights and compute against the float32 trainer model
@@ -129,49 +128,42 @@ def test_sync_puts_the_updated_weights_in_the_engine(lora):
     assert (synced - before).abs().max() > 10 * tolerance
 
 
-def test_trainer_samples_with_vllm_and_reports_the_mismatch(tmp_path, sums_file, fresh_accelerator_state):
-    """A short run through nrt.train with trainer.use_vllm: it finishes, logs the rollout-vs-trainer
-    mismatch every step, and a resumed run samples the same traces as the uninterrupted one."""
+@pytest.fixture(scope="module")
+def vllm_model_dir(tmp_path_factory):
     from nrt.tiny import save_tiny_model
-    from nrt.training.api import resolve_config, train
 
-    model_dir = save_tiny_model(str(tmp_path / "model"), hidden=HIDDEN, layers=2, seed=0)
-
-    def run(out, steps, resume=False):
-        config = resolve_config("nrt", model=model_dir, data=sums_file, output_dir=str(out), overrides=[
-            f"trainer.max_steps={steps}", "trainer.num_generations=4", "trainer.per_device_train_batch_size=8",
-            "trainer.max_completion_length=12", "trainer.learning_rate=1e-3", "trainer.save_steps=1",
-            "trainer.use_vllm=true", "trainer.vllm_gpu_memory_utilization=0.02", "data.max_prompt_length=16",
-            "trainer.save_total_limit=0"])
-        train(config, resume=resume, log=lambda *a: None)
-        return [json.loads(line) for line in open(out / "metrics.jsonl")]
-
-    full = run(tmp_path / "full", 3)
-    assert [m["step"] for m in full] == [1, 2, 3]
-    for m in full:
-        assert m["rollout_kl"] >= 0 and m["rollout_ratio_max"] >= m["rollout_ratio_mean"] > 0
-        assert m["time_weight_sync"] >= 0
-    # float32 engine and trainer: the same policy up to kernel rounding
-    assert max(m["rollout_kl"] for m in full) < 1e-3
-
-    part = tmp_path / "part"
-    run(part, 3)
-    import shutil
-
-    shutil.rmtree(part / "checkpoint-3")
-    for name in ("config.json", "model.safetensors"):
-        (part / name).unlink(missing_ok=True)
-    # the run record says finished at step 3: mark it resumable by dropping its final entry as a kill would
-    resumed = run_resumed(part, run)
-    for key in ("trace_length_mean", "reward_mean", "response_start_share"):
-        assert resumed[-1][key] == full[-1][key], key
+    return save_tiny_model(str(tmp_path_factory.mktemp("vllm") / "model"), hidden=HIDDEN, layers=2, seed=0)
 
 
-def run_resumed(out, run):
-    """Resume `out` from its newest checkpoint as a killed run would be (the finished marker removed)."""
-    from nrt.training.run_record import RunRecord  # noqa: F401  (the record's own reader, if present)
+VLLM_RUN = dict(trainer__use_vllm=True, trainer__vllm_gpu_memory_utilization=0.01, trainer__max_steps=4,
+                trainer__save_steps=2, trainer__warmup_ratio=0.5)
 
-    return run(out, 3, resume=True)
+
+def test_a_vllm_run_reports_the_mismatch_and_resumes_with_the_same_traces(vllm_model_dir, sums_file, tmp_path):
+    """NRTTrainer with trainer.use_vllm: the rollout-vs-trainer mismatch is logged every step, and a run
+    killed after its step-2 checkpoint and resumed samples the same traces and logs the same metrics."""
+    from test_resume import metrics_of, train_until_crash
+    from test_trainer import make_trainer
+
+    straight = make_trainer(vllm_model_dir, sums_file, tmp_path / "a", **VLLM_RUN)
+    straight.train()
+    expected = metrics_of(tmp_path / "a" / "out")
+    assert [m["step"] for m in expected] == [1, 2, 3, 4]
+    for m in expected:
+        assert 0 <= m["rollout_kl"] < 1e-3  # a float32 engine: the trainer's policy up to kernel rounding
+        assert m["rollout_ratio_max"] >= m["rollout_ratio_mean"] > 0
+    assert len({m["reward_mean"] for m in expected}) > 1  # the weights changed between steps: so did the traces
+
+    train_until_crash(make_trainer(vllm_model_dir, sums_file, tmp_path / "b", **VLLM_RUN), crash_at=3)
+    resumed = make_trainer(vllm_model_dir, sums_file, tmp_path / "b", **VLLM_RUN)
+    resumed.train(resume=True)
+    got = metrics_of(tmp_path / "b" / "out")
+    assert [m["step"] for m in got] == [1, 2, 3, 4]
+    for want, have in zip(expected, got):
+        for key in ("trace_length_mean", "trace_length_max", "response_start_share", "distinct_2"):
+            assert have[key] == want[key], (want["step"], key)  # the same traces
+        for key in ("reward_mean", "loss", "rollout_kl"):
+            assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (want["step"], key)
 
 
 def test_use_vllm_refusals_are_one_line_exit_2(tmp_path, tiny_model_dir, sums_file):

