@@ -211,3 +211,28 @@ def test_an_architecture_vllm_cannot_run_is_refused_before_loading(tmp_path, sum
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "vLLM cannot run NotAModelVLLMKnowsForCausalLM" in lines[0]
     assert not out.exists()
+
+
+def test_two_processes_each_with_an_engine_make_the_one_process_update(vllm_model_dir, sums_file, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo), each with its own float32 vLLM engine on its own
+    questions: a question's traces depend on its seed and the weights only, so the 2-process run samples
+    the traces the 1-process run with 2 accumulated micro-batches samples, and makes the same update."""
+    from safetensors.torch import load_file
+
+    from test_distributed import run
+
+    engine = ["trainer.use_vllm=true", "trainer.vllm_gpu_memory_utilization=0.01"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    two = run(launch, vllm_model_dir, sums_file, tmp_path / "two", *engine)
+    one = run([sys.executable], vllm_model_dir, sums_file, tmp_path / "one", *engine,
+              "trainer.gradient_accumulation_steps=2")
+    assert [m["step"] for m in two] == [1, 2]
+    for a, b in zip(one, two):
+        for key in ("trace_length_mean", "response_start_share"):
+            assert a[key] == b[key], key  # the same traces
+        for key in ("reward_mean", "reasoning_gain", "loss", "grad_norm", "rollout_kl"):
+            assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), key
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=1e-5)

@@ -164,6 +164,12 @@ def bench_config(args):
     t.warmup_ratio = 0.0
     t.bf16 = args.dtype == "bfloat16"
     t.torch_compile = args.compile
+    t.use_vllm = args.engine == "vllm"  # vLLM's engine in this process samples the traces, synced every step
+    t.vllm_gpu_memory_utilization = args.vllm_memory
+    if t.use_vllm:
+        from nrt.config import validate_vllm
+
+        validate_vllm(config)
     return config
 
 
@@ -305,7 +311,7 @@ def run_bench(args) -> dict:
     rss_loaded = rss_mb()  # model, optimizer (states still empty) and data built, no step run
     counts = parameter_counts(trainer.accelerator.unwrap_model(trainer.model))
 
-    step_times, phases, rss, work = [], {"generate": [], "score": [], "update": []}, [], []
+    step_times, phases, rss, work = [], {"weight_sync": [], "generate": [], "score": [], "update": []}, [], []
     peak_after_warmup = None
     step_peaks, rss_before_steps, process_peak = [], [], 0.0  # --step-memory
     for step in range(args.warmup + args.steps):
@@ -415,6 +421,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--compile", action="store_true",
                    help="trainer.torch_compile: compiled decoder layers and decoding step (compiled in the warm-up)")
+    p.add_argument("--engine", choices=["nrt", "vllm"], default="nrt",
+                   help="what samples the traces: nrt's engine, or vLLM in this process (trainer.use_vllm; its "
+                        "weights synced every step, sec_weight_sync)")
+    p.add_argument("--vllm-memory", type=float, default=0.1,
+                   help="--engine vllm: trainer.vllm_gpu_memory_utilization (on a CPU, the share of RAM for the KV cache)")
     p.add_argument("--trace-rss", action="store_true", help="also list the RSS (MB) after every timed step")
     p.add_argument("--step-memory", action="store_true",
                    help="measure each timed step's own peak memory (step_peak_mb: the resident set's peak during "
@@ -435,6 +446,8 @@ def check_arguments(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
     if getattr(args, "step_memory", False) and not step_memory_supported():
         raise ValueError("--step-memory needs Linux with glibc (/proc/self/clear_refs and malloc's thresholds)")
+    if not 0 < getattr(args, "vllm_memory", 0.1) <= 1:
+        raise ValueError(f"--vllm-memory must be in (0, 1], got {args.vllm_memory}")
     if args.vocab < 4:
         raise ValueError(f"--vocab {args.vocab}: needs at least 4 tokens (3 special tokens and one word)")
     if args.micro_prompts and args.prompts % args.micro_prompts:
