@@ -60,8 +60,7 @@ def test_traces_stop_after_a_stop_id_or_at_the_limit(engine):
         assert all(lp <= 0 for lp in lps)
     assert stopped > 0 and limited > 0
     # the same ids and rule in nrt's engine: the stop token kept, nothing after it
-    native = NativeSampler(pad_token_id=0)
-    native.sync(model)
+    native = NativeSampler(model, pad_token_id=0)
     for ids in native.sample(request).token_ids:
         assert not set(ids[:-1]) & set(stops) and (ids[-1] in stops or len(ids) == 24)
 

@@ -15,6 +15,7 @@ the no-trace baseline) are not checkpointed and keep the cache.
 
 from __future__ import annotations
 
+from nrt.engine.transformers_compat import keep_cache_without_grad
 from nrt.errors import ConfigError
 
 
@@ -48,6 +49,7 @@ def enable(model) -> int:
         raise ConfigError(f"trainer.gradient_checkpointing: no checkpointable decoder layers in {type(inner).__name__}")
     for layer in layers:
         layer.training = True  # this module only (not .train(): its submodules keep eval mode)
+        keep_cache_without_grad(layer)
     return len(layers)
 
 

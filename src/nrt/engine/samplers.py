@@ -52,18 +52,15 @@ class Sampler(Protocol):
 
 
 class NativeSampler:
-    """nrt's engine: decodes with the policy itself, so there is nothing to sync."""
+    """nrt's engine: decodes with the policy itself, so a sync has nothing to copy."""
 
-    def __init__(self, pad_token_id: int, engine: EngineOptions = EngineOptions()):
-        self.pad_token_id, self.engine = pad_token_id, engine
-        self.policy = None
+    def __init__(self, policy, pad_token_id: int, engine: EngineOptions = EngineOptions()):
+        self.policy, self.pad_token_id, self.engine = policy, pad_token_id, engine
 
     def sync(self, policy) -> None:
         self.policy = policy
 
     def sample(self, request: TraceRequest) -> SampledTraces:
-        if self.policy is None:
-            raise RuntimeError("NativeSampler.sample before sync(policy)")
         ids = sample_traces(
             self.policy, request.prompts, num_generations=request.num_generations,
             max_new_tokens=request.max_new_tokens, stop_token_ids=request.stop_token_ids,

@@ -164,8 +164,8 @@ def bench_config(args):
     t.warmup_ratio = 0.0
     t.bf16 = args.dtype == "bfloat16"
     t.torch_compile = args.compile
-    t.use_vllm = args.engine == "vllm"  # vLLM's engine in this process samples the traces, synced every step
-    t.vllm_gpu_memory_utilization = args.vllm_memory
+    t.use_vllm = getattr(args, "engine", "nrt") == "vllm"  # vLLM in this process samples, synced every step
+    t.vllm_gpu_memory_utilization = getattr(args, "vllm_memory", t.vllm_gpu_memory_utilization)
     if t.use_vllm:
         from nrt.config import validate_vllm
 

@@ -71,11 +71,11 @@ class NRTTrainer(Trainer):
     def make_sampler(self):
         """nrt's engine, or with trainer.use_vllm a vLLM engine in this process (nrt.engine.samplers)."""
         t = self.config.trainer
+        policy = self.accelerator.unwrap_model(self.model)
         if not t.use_vllm:
-            return NativeSampler(self.pad_id, self.engine)
+            return NativeSampler(policy, self.pad_id, self.engine)
         from nrt.engine.vllm_sampler import VLLMOptions, VLLMSampler
 
-        policy = self.accelerator.unwrap_model(self.model)
         bf16 = t.bf16 or next(policy.parameters()).dtype == torch.bfloat16
         options = VLLMOptions(
             dtype="bfloat16" if bf16 else "float32", gpu_memory_utilization=t.vllm_gpu_memory_utilization,
