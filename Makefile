@@ -7,7 +7,7 @@ SMOLLM2 ?= artifacts/models/smollm2-135m-instruct/hf
 SMOLLM2_WORK := --model $(SMOLLM2) --config-only --prompts 8 --micro-prompts 2 --generations 8 --think 128 \
 	--answer-tokens 16
 
-.PHONY: demo test results methods bench real-model real real-results clean
+.PHONY: demo test results methods bench real-model real real-results vllm-real clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench: $(STAMP) real-model  # real-model: SmolLM2's config and tokenizer (its we
 		$(SMOLLM2_WORK) > benchmarks/results/compare_trl_smollm2.jsonl.part
 	mv benchmarks/results/compare_trl_smollm2.jsonl.part benchmarks/results/compare_trl_smollm2.jsonl
 	tail -n 1 benchmarks/results/compare_trl_smollm2.jsonl
+	# rollouts on vLLM (in the training process, weights synced every step) beside nrt's engine, same work
+	$(VENV)/bin/python benchmarks/engines.py --rounds 3 --steps 2 --warmup 1 -- $(SMOLLM2_WORK) \
+		> benchmarks/results/engines_smollm2.jsonl.part
+	mv benchmarks/results/engines_smollm2.jsonl.part benchmarks/results/engines_smollm2.jsonl
+	tail -n 1 benchmarks/results/engines_smollm2.jsonl
 	$(VENV)/bin/nrt bench $(SMOLLM2_WORK) --fixed-length --compile --steps 2 --warmup 2 \
 		> benchmarks/results/bench_smollm2_compile.jsonl.part
 	mv benchmarks/results/bench_smollm2_compile.jsonl.part benchmarks/results/bench_smollm2_compile.jsonl
@@ -66,8 +71,13 @@ real-model: $(STAMP)
 	$(VENV)/bin/python scripts/get_real_model.py
 
 # base vs SFT vs NRT (default and best lever) on SmolLM2-135M-Instruct, one seed: artifacts/real/report.md
+# (make real VLLM=1: the NRT runs sample their traces with vLLM)
 real: real-model
-	$(VENV)/bin/python scripts/real.py --seeds 0 --output artifacts/real/report.md
+	$(VENV)/bin/python scripts/real.py --seeds 0 --output artifacts/real/report.md $(if $(VLLM),--vllm)
+
+# docs/VLLM.md: make real's NRT recipe with rollouts on vLLM beside nrt's engine, 2 seeds x 60 steps
+vllm-real: real-model
+	$(VENV)/bin/python scripts/vllm_real.py --seeds 0,1 --steps 60 --output docs/VLLM.md
 
 # docs/REAL_MODEL.md: the same over 3 seeds (reuses `make real`'s seed 0)
 real-results: real-model

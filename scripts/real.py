@@ -80,6 +80,8 @@ def main(argv=None) -> None:
     p.add_argument("--gsm8k", default="../shared/data/gsm8k/test.jsonl")
     p.add_argument("--gsm8k-limit", type=int, default=64)
     p.add_argument("--bbh-dir", default=None, help="BBH json directory (default: nrt's: ../shared/data/bbh)")
+    p.add_argument("--vllm", action="store_true",
+                   help="the NRT runs sample with vLLM (trainer.use_vllm=true), in run directories of their own")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     if not Path(MODEL, "config.json").is_file():
@@ -99,8 +101,10 @@ def main(argv=None) -> None:
         probes[ev]["base"] = [probe_summary(MODEL, Path(f"artifacts/real/probes/base_{e}.json"), source, PROBE, 0)]
     for seed in seeds:
         for name, (preset, extra, directory) in RUNS.items():
-            out = Path(f"artifacts/real/seed{seed}") / directory
-            overrides = [*BASE, *extra, f"trainer.max_steps={STEPS}", f"trainer.seed={seed}"]
+            vllm = args.vllm and preset != "sft"
+            out = Path(f"artifacts/real/seed{seed}") / (directory + ("-vllm" if vllm else ""))
+            overrides = [*BASE, *extra, f"trainer.max_steps={STEPS}", f"trainer.seed={seed}",
+                         *(["trainer.use_vllm=true", "trainer.vllm_gpu_memory_utilization=0.05"] if vllm else [])]
             try:
                 records[name][seed] = train_run(out, preset, overrides, MODEL, train)
             except nrt.NRTError as err:

@@ -89,7 +89,8 @@ def test_the_lora_recipe_runs_three_steps_on_a_tiny_model(tiny_model_dir, tmp_pa
              "trainer.gradient_accumulation_steps=1", "trainer.max_completion_length=8",
              "data.max_prompt_length=64", "data.max_answer_length=8", "model.lora_r=4", "model.lora_alpha=8",
              "trainer.save_steps=2", "trainer.save_total_limit=1", "trainer.learning_rate=1e-3",
-             f"data.eval_path={tmp_path / 'data/test.jsonl'}", "trainer.eval_batch_size=4"]
+             f"data.eval_path={tmp_path / 'data/test.jsonl'}", "trainer.eval_batch_size=4",
+             "trainer.use_vllm=false"]  # the recipe's vLLM rollouts are tests/test_vllm.py's
     config = resolve_config(config_file=str(recipe), overrides=small, model=tiny_model_dir,
                             data=str(tmp_path / "data/train.jsonl"), output_dir=str(tmp_path / "run"))
     assert config.model.use_peft and config.trainer.gradient_checkpointing and config.trainer.steps_per_generation == 4

@@ -208,7 +208,8 @@ def _decode(model, prompts, kinds, answers, seeds, rs, eos, pad, max_answer, flo
             cache.batch_select_indices(keep.to(device))
             active, tokens, mask, next_position = a[keep], tokens[keep], mask[keep], next_position[keep]
         logits = model(input_ids=tokens[:, None].to(device), attention_mask=mask[:, : width + t + 1].to(device),
-                       position_ids=next_position[:, None].to(device), **cache_kwargs(cache), use_cache=True).logits[:, -1]
+                       position_ids=next_position[:, None].to(device), **cache_kwargs(cache),
+                       use_cache=True).logits[:, -1]
         logits = logits.float().cpu()
         next_position = next_position + 1
 

@@ -90,7 +90,7 @@ def build_rollout(
     answer_length = torch.tensor([len(answers[r // k]) for r in range(len(traces))], device=columns.device)
     distinct = [torch.tensor([distinct_ratio(b, n) for b in bodies], device=columns.device) for n in (2, 3)]
     sampled = None
-    if trace_logprobs is not None:  # the trace_mask columns: the body, then a self-emitted marker (a final eos is dropped)
+    if trace_logprobs is not None:  # trace_mask's columns: the body, then a self-emitted marker (an eos is dropped)
         sampled = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
         for row, (lp, n, e) in enumerate(zip(trace_logprobs, trace_len, emitted)):
             sampled[row, : n + e] = torch.tensor(lp[: n + e], dtype=torch.float32)

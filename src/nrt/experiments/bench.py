@@ -425,7 +425,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what samples the traces: nrt's engine, or vLLM in this process (trainer.use_vllm; its "
                         "weights synced every step, sec_weight_sync)")
     p.add_argument("--vllm-memory", type=float, default=0.1,
-                   help="--engine vllm: trainer.vllm_gpu_memory_utilization (on a CPU, the share of RAM for the KV cache)")
+                   help="--engine vllm: trainer.vllm_gpu_memory_utilization (on a CPU: the share of RAM for its "
+                        "KV cache)")
     p.add_argument("--trace-rss", action="store_true", help="also list the RSS (MB) after every timed step")
     p.add_argument("--step-memory", action="store_true",
                    help="measure each timed step's own peak memory (step_peak_mb: the resident set's peak during "
