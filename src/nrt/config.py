@@ -262,16 +262,46 @@ def set_option(config: Config, dotted: str, value) -> None:
     setattr(obj, key, _coerce(dotted, hints[key], value))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise ConfigError(f"{{path}}:{line}: {key!r} is given twice (lines {first[key]} and {line}); "
+                                  "keep one")
+            first[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path):
+    """A YAML file's contents; a syntax error names its line and column, a duplicate key both its lines."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid YAML: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("{path}", str(path), 1)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")) from None
+
+
 def load_yaml(path: str | Path, config: Config | None = None) -> Config:
     """Apply a nested YAML file ({section: {name: value}}) on top of `config`."""
     config = config or Config()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, trainer, method)")
     for section, values in raw.items():
