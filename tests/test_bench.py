@@ -107,9 +107,10 @@ def test_without_fixed_length_traces_may_stop_early():
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--think", "0"], "--think must be at least 1, got 0"),
+    (["--think", "0"], "argument --think: must be at least 1, got 0 (--help lists the options)"),
     (["--prompts", "5", "--micro-prompts", "2"], "--prompts 5 is not a multiple of --micro-prompts 2"),
-    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (["--warmup", "-1"], "argument --warmup: must be at least 0, got -1 (--help lists the options)"),
+    (["--generations", "1"], "argument --generations: must be at least 2, got 1 (--help lists the options)"),
 ])
 def test_bad_options_are_one_line_usage_errors(options, message, capsys):
     from nrt.commands.cli import USAGE_ERROR

@@ -99,7 +99,7 @@ def test_probe_cli_writes_a_report_and_rejects_bad_input_before_loading(tiny_mod
     assert task["prompt_example"].endswith("\nThink.\n")
     bad = tmp_path / "bad.json"
     assert main(["probe", "--model", tiny_model_dir, "--data", sums_file, "--samples", "0", "--output", str(bad)]) == 2
-    assert "--samples must be at least 1" in capsys.readouterr().err and not bad.exists()
+    assert "argument --samples: must be at least 1, got 0" in capsys.readouterr().err and not bad.exists()
     bbh = tmp_path / "bbh"
     bbh.mkdir()
     (bbh / "boolean_expressions.json").write_text(json.dumps({"examples": [{"input": "True is", "target": "True"}]}))

@@ -3,9 +3,9 @@ The workload and what is counted: `nrt.experiments.bench`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
+from nrt.commands.usage import OneLineParser
 from nrt.experiments.bench import __doc__ as WORKLOAD_DOC
 from nrt.experiments.bench import add_arguments, check_arguments, run_bench
 
@@ -41,7 +41,7 @@ def add_bench(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="nrt bench", description=WORKLOAD_DOC.splitlines()[0])
+    p = OneLineParser(prog="nrt bench", description=WORKLOAD_DOC.splitlines()[0])
     add_arguments(p)
     bench_and_print(p.parse_args(argv), p.error)
 

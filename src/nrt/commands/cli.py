@@ -24,6 +24,7 @@ from nrt.commands.usage import (  # noqa: F401  (re-exported for callers of main
     STOPPED_BY_SIGNAL,
     USAGE_ERROR,
     WRITE_FAILED,
+    OneLineParser,
     UsageError,
     bbh_file,
     check_report_path,
@@ -31,6 +32,7 @@ from nrt.commands.usage import (  # noqa: F401  (re-exported for callers of main
     refuse_adapter_dir,
     require_positive,
 )
+from nrt.option_types import COUNT, SEED, TEMPERATURE
 
 
 # --------------------------------------------------------------------------- train
@@ -85,10 +87,10 @@ def add_generate(sub) -> None:
     group.add_argument("--question", help="one question")
     group.add_argument("--questions", help="a text file, one question per line")
     p.add_argument("--prompt-template", default="{question}\n", help="plain template when no chat template")
-    p.add_argument("--max-trace-tokens", type=int, default=256)
-    p.add_argument("--max-answer-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="trace sampling temperature (0: greedy)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-trace-tokens", type=COUNT, default=256)
+    p.add_argument("--max-answer-tokens", type=COUNT, default=128)
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="trace sampling temperature (0: greedy)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=run_generate)
 
 
@@ -150,11 +152,11 @@ def add_eval(sub) -> None:
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
     p.add_argument("--prompt-template", default="{question}\n")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N questions")
-    p.add_argument("--max-trace-tokens", type=int, default=128)
-    p.add_argument("--max-answer-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=64, help="questions per decoding pass (3 rows each)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=COUNT, default=None, help="evaluate the first N questions")
+    p.add_argument("--max-trace-tokens", type=COUNT, default=128)
+    p.add_argument("--max-answer-tokens", type=COUNT, default=32)
+    p.add_argument("--batch-size", type=COUNT, default=64, help="questions per decoding pass (3 rows each)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--force-trace", action="store_true", help="forbid answering without a trace")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast, as trainer.bf16: about 2x faster on CPUs "
                    "with bf16 matmuls, but greedy traces and likelihoods differ from float32 (off by default)")
@@ -229,7 +231,7 @@ def add_compare(sub) -> None:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--select", choices=["best", "final"], default="best",
                    help="evaluate the validation-selected model or the final one")
-    p.add_argument("--max-trace-tokens", type=int, default=64)
+    p.add_argument("--max-trace-tokens", type=COUNT, default=64)
     p.set_defaults(func=run_compare, accepts_overrides=True)
 
 
@@ -287,7 +289,7 @@ def run_compare(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nrt", description="Native Reasoning Training")
+    parser = OneLineParser(prog="nrt", description="Native Reasoning Training")
     sub = parser.add_subparsers(dest="command", required=True)
     from nrt.commands.bench import add_bench
     from nrt.commands.data import register as add_data
@@ -323,12 +325,15 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     parser = build_parser()
-    # options may come anywhere among `section.option=value` overrides
-    args, extra = parser.parse_known_args(argv)
-    args.overrides = [x for x in extra if "=" in x and not x.startswith("-")]
-    unknown = [x for x in extra if x not in args.overrides]
-    if unknown or (args.overrides and not getattr(args, "accepts_overrides", False)):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
+    try:  # a bad option: one line and exit code 2 (OneLineParser), returned to callers of main()
+        # options may come anywhere among `section.option=value` overrides
+        args, extra = parser.parse_known_args(argv)
+        args.overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+        unknown = [x for x in extra if x not in args.overrides]
+        if unknown or (args.overrides and not getattr(args, "accepts_overrides", False)):
+            parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else USAGE_ERROR
     from nrt.commands.usage import exit_code
     from nrt.errors import ModelLoadError, NRTError, RunEnded
 

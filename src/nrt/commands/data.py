@@ -10,6 +10,8 @@ before anything is written; the library is `nrt.data_prep`.
 
 from __future__ import annotations
 
+from nrt.option_types import COUNT, SEED
+
 
 
 def register(subparsers) -> None:
@@ -25,9 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--input", required=True,
                    help="a .jsonl/.parquet file or a directory of them (read in sorted order)")
     p.add_argument("--output-dir", required=True, help="gets train.jsonl, test.jsonl and prep.json")
-    p.add_argument("--train-size", type=int, default=220_000, help="training rows (recipe 220000)")
-    p.add_argument("--test-size", type=int, default=1_024, help="test rows (recipe 1024)")
-    p.add_argument("--seed", type=int, default=42, help="split seed (recipe 42)")
+    p.add_argument("--train-size", type=COUNT, default=220_000, help="training rows (recipe 220000)")
+    p.add_argument("--test-size", type=COUNT, default=1_024, help="test rows (recipe 1024)")
+    p.add_argument("--seed", type=SEED, default=42, help="split seed (recipe 42)")
     p.add_argument("--skip-bad-records", action="store_true",
                    help="drop and count malformed rows (as the official script does) instead of stopping at the first")
     p.add_argument("--keep-earlier-turns", action="store_true",
@@ -40,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--output-dir", required=True, help="gets train.jsonl, test.jsonl, [validation.jsonl], prep.json")
     p.add_argument("--test-size", required=True, help="test records: a count (100) or a fraction (0.1)")
     p.add_argument("--validation-size", default="0", help="validation records: a count or a fraction (default 0)")
-    p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
+    p.add_argument("--seed", type=SEED, default=42, help="split seed (default 42)")
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
     p.add_argument("--messages-field", default="messages", help="chat records' field ('' turns chat detection off)")

@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from nrt.gym import tasks as T
+from nrt.option_types import COUNT, NON_NEGATIVE, SEED, bounded
 
 
 def _usage_error(message: str):
@@ -44,8 +45,8 @@ def register(subparsers) -> None:
                        "(.txt: one document per line; .jsonl: a 'text' field per line).")
     p.add_argument("--corpus", help="your own corpus instead of the gym's")
     p.add_argument("--output-dir", default=d.output_dir, help=f"where the model goes (default {d.output_dir})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of world, corpus, batches and weights")
+    p.add_argument("--steps", type=COUNT, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--seed", type=SEED, default=d.seed, help="seed of world, corpus, batches and weights")
     p.add_argument("--tasks", type=_tasks, default=d.tasks, help="gym tasks in the corpus, comma separated")
     for name, help_ in (("batch_tokens", "padded tokens per batch"), ("learning_rate", "peak AdamW lr"),
                         ("warmup_steps", "linear warmup steps"), ("hidden_size", "model width"),
@@ -53,13 +54,14 @@ def register(subparsers) -> None:
                         ("intermediate_size", "MLP width"), ("vocab_size", "BPE vocabulary size"),
                         ("max_length", "longest training sequence"), ("threads", "torch CPU threads")):
         default = getattr(d, name)
-        kind = float if isinstance(default, float) else int
+        kind = bounded(float, 0.0, low_open=True) if isinstance(default, float) else (
+            NON_NEGATIVE if name in ("warmup_steps", "threads") else COUNT)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"{help_} (default {default})")
     p.set_defaults(func=run_pretrain)
 
     p = sub.add_parser("data", help="write each task's train/validation/test splits as jsonl")
     p.add_argument("--output-dir", required=True, help="DIR/<task>/<split>.jsonl with fields question, answer")
-    p.add_argument("--seed", type=int, default=0, help="the base model's pretraining seed (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="the base model's pretraining seed (default 0)")
     p.add_argument("--model", help="take seed and world options from this gym model's gym.json instead")
     p.add_argument("--tasks", type=_tasks, default=T.TASKS)
     p.set_defaults(func=run_data)
@@ -68,7 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="a directory written by `nrt gym pretrain`")
     p.add_argument("--splits", default="validation", help="comma separated, from train,validation,test")
     p.add_argument("--tasks", type=_tasks, default=T.TASKS)
-    p.add_argument("--limit", type=int, default=200, help="questions per split")
+    p.add_argument("--limit", type=COUNT, default=200, help="questions per split")
     p.add_argument("--bbh-dir", help="also probe the BIG-Bench-Hard files of the two BBH-format tasks here")
     p.add_argument("--output", help="also write the report here (json)")
     p.set_defaults(func=run_probe)

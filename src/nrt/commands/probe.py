@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nrt.option_types import COUNT, SEED
 from nrt.commands.usage import bbh_file, check_report_path, fail, refuse_adapter_dir, require_positive
 
 
@@ -34,12 +35,12 @@ def add_probe(sub) -> None:
     p.add_argument("--think-prompt", default="",
                    help="text appended to each question on a new line, "
                         "e.g. 'Think step by step, then give the answer.'")
-    p.add_argument("--limit", type=int, default=None, help="probe the first N questions of each task")
-    p.add_argument("--samples", type=int, default=4, help="K sampled traces per question for the reasoning gain")
-    p.add_argument("--max-trace-tokens", type=int, default=128)
-    p.add_argument("--max-answer-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16, help="questions per decoding pass (3 + K + 1 rows each)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=COUNT, default=None, help="probe the first N questions of each task")
+    p.add_argument("--samples", type=COUNT, default=4, help="K sampled traces per question for the reasoning gain")
+    p.add_argument("--max-trace-tokens", type=COUNT, default=128)
+    p.add_argument("--max-answer-tokens", type=COUNT, default=32)
+    p.add_argument("--batch-size", type=COUNT, default=16, help="questions per decoding pass (3 + K + 1 rows each)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with bf16 matmuls)")
     p.set_defaults(func=run_probe)
 

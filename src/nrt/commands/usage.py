@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import NoReturn
 
@@ -71,3 +72,10 @@ def check_report_path(output: Path) -> None:
     if output.is_dir():
         fail(f"--output {output}: is a directory; give a file name")
     check_writable(output.parent, "--output")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (`nrt train: error: ...`) and exit code 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (--help lists the options)\n")

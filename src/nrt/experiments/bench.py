@@ -44,6 +44,7 @@ import statistics
 import time
 
 from nrt.engine.cpu_runtime import keep_freed_memory, return_freed_memory
+from nrt.option_types import COUNT, NON_NEGATIVE, SEED, bounded
 
 # torch, transformers and the trainer are imported inside the functions: `nrt --help` stays fast.
 
@@ -402,29 +403,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a model directory or .gguf file to time instead of the random Llama (its tokenizer too)")
     p.add_argument("--config-only", action="store_true",
                    help="with --model: its architecture with random weights (--seed); only the config is read")
-    p.add_argument("--hidden", type=int, default=256, help="model width (head size 64, MLP 4x)")
-    p.add_argument("--layers", type=int, default=4, help="decoder layers")
-    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size of the synthetic tokenizer")
-    p.add_argument("--prompts", type=int, default=16, help="questions per step")
-    p.add_argument("--micro-prompts", type=int, default=0,
+    p.add_argument("--hidden", type=COUNT, default=256, help="model width (head size 64, MLP 4x)")
+    p.add_argument("--layers", type=COUNT, default=4, help="decoder layers")
+    p.add_argument("--vocab", type=bounded(int, 4), default=8192, help="vocabulary size of the synthetic tokenizer")
+    p.add_argument("--prompts", type=COUNT, default=16, help="questions per step")
+    p.add_argument("--micro-prompts", type=NON_NEGATIVE, default=0,
                    help="questions per micro-batch (0: all of a step's questions in one micro-batch)")
-    p.add_argument("--generations", type=int, default=8, help="K: traces per question")
-    p.add_argument("--think", type=int, default=48, help="trace tokens (the limit; exact with --fixed-length)")
-    p.add_argument("--prompt-tokens", type=int, default=32, help="tokens per question")
-    p.add_argument("--answer-tokens", type=int, default=16, help="tokens per reference answer, eos included")
-    p.add_argument("--steps", type=int, default=5, help="timed steps")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generations", type=bounded(int, 2), default=8, help="K: traces per question")
+    p.add_argument("--think", type=COUNT, default=48, help="trace tokens (the limit; exact with --fixed-length)")
+    p.add_argument("--prompt-tokens", type=COUNT, default=32, help="tokens per question")
+    p.add_argument("--answer-tokens", type=COUNT, default=16, help="tokens per reference answer, eos included")
+    p.add_argument("--steps", type=COUNT, default=5, help="timed steps")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=2, help="untimed steps first")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--fixed-length", action="store_true", help="every trace runs to --think tokens")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                    help="autocast dtype; auto picks bfloat16 where the CPU/GPU supports it natively")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--compile", action="store_true",
                    help="trainer.torch_compile: compiled decoder layers and decoding step (compiled in the warm-up)")
     p.add_argument("--engine", choices=["nrt", "vllm"], default="nrt",
                    help="what samples the traces: nrt's engine, or vLLM in this process (trainer.use_vllm; its "
                         "weights synced every step, sec_weight_sync)")
-    p.add_argument("--vllm-memory", type=float, default=0.1,
+    p.add_argument("--vllm-memory", type=bounded(float, 0.0, 1.0, low_open=True), default=0.1,
                    help="--engine vllm: trainer.vllm_gpu_memory_utilization (on a CPU: the share of RAM for its "
                         "KV cache)")
     p.add_argument("--trace-rss", action="store_true", help="also list the RSS (MB) after every timed step")
