@@ -34,6 +34,8 @@ RESUMABLE = {
     "trainer.output_dir", "trainer.max_steps", "trainer.num_train_epochs", "trainer.logging_steps",
     "trainer.save_steps", "trainer.save_total_limit", "trainer.report_to", "trainer.eval_steps",
     "trainer.eval_batch_size", "trainer.on_collapse", "trainer.max_nonfinite_steps", "trainer.torch_compile",
+    # how much memory the vLLM engine takes, not what it samples
+    "trainer.vllm_gpu_memory_utilization", "trainer.vllm_enable_sleep_mode",
 }
 
 
