@@ -7,7 +7,9 @@ SmolLM2-135M's architecture with random weights (only its config is read), LoRA 
 layer as `model.use_peft` makes it, bf16 engine. Per round and way: seconds to hand the new weights to
 the engine, and seconds to sample 8 prompts x 8 traces x 64 tokens with them. vLLM's adapters carry
 no trained embedding rows (peft's `trainable_token_indices`, which nrt uses for `<|response_start|>`):
-that path samples with the base's rows for the new token, so it is timed, not used.
+vLLM 0.32 refuses to load such an adapter ("...trainable_tokens_delta is unsupported LoRA weight"), so
+here the adapter is saved without those rows (`vllm_lora` below samples with the base's rows for the new
+token): the path is timed, not usable for NRT.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+
+def without_token_rows(adapter_dir: Path) -> None:
+    """Drop peft's trained token rows from a saved adapter: vLLM's LoRA loader refuses them."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    save_file({k: v for k, v in weights.items() if "trainable_tokens" not in k},
+              str(adapter_dir / "adapter_model.safetensors"))
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config["trainable_token_indices"] = None
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
 
 
 def main(argv=None) -> dict:
@@ -88,6 +102,7 @@ def main(argv=None) -> dict:
             with tempfile.TemporaryDirectory() as adapter_dir:
                 tick = time.perf_counter()
                 policy.save_pretrained(adapter_dir, save_embedding_layers=False)
+                without_token_rows(Path(adapter_dir))
                 lora = LoRARequest(f"step{r}", r + 1, adapter_dir)
                 llm.llm_engine.add_lora(lora)
                 results["vllm_lora"]["sync"].append(time.perf_counter() - tick)
