@@ -323,11 +323,30 @@ def output_names(split_names) -> list[str]:
     return [f"{name}.jsonl" for name in split_names] + ["prep.json"]
 
 
-def check_output_dir(output_dir: str | os.PathLike, names: list[str], overwrite: bool = False) -> None:
-    """Raise DataPrepError if `output_dir` is a file, or already holds one of `names` and not `overwrite`."""
+def replaced_input(outputs: list[Path], inputs: list[Path]) -> tuple[Path, Path] | None:
+    """(output, input) when writing `outputs` would replace an input file or write inside an input
+    directory (however either is spelled: paths are resolved, links followed), else None. --overwrite
+    never allows it: a command replaces only what it wrote itself."""
+    resolved = [Path(i).resolve() for i in inputs]
+    for output in outputs:
+        target = Path(output).resolve()
+        for given, source in zip(inputs, resolved):
+            if target == source or (source.is_dir() and source in target.parents):
+                return Path(output), Path(given)
+    return None
+
+
+def check_output_dir(output_dir: str | os.PathLike, names: list[str], overwrite: bool = False,
+                     inputs: list[Path] = ()) -> None:
+    """Raise DataPrepError if `output_dir` is a file, would replace one of `inputs`, or already holds one
+    of `names` and not `overwrite`."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise DataPrepError(f"--output-dir {out}: is a file")
+    clash = replaced_input([out / n for n in names], list(inputs))
+    if clash:
+        raise DataPrepError(f"--output-dir {out}: writing {clash[0].name} there would replace the input "
+                            f"{clash[1]} (--overwrite replaces earlier outputs only); choose another directory")
     present = [n for n in names if (out / n).exists()]
     if present and not overwrite:
         raise DataPrepError(f"--output-dir {out}: already holds {', '.join(present)}; pass --overwrite to replace them")

@@ -182,7 +182,7 @@ def run_eval(args) -> None:
     else:  # a hub name: a folder named like it would shadow the hub model in later loads
         reports = Path("eval") / args.model.replace("/", "__")
     output = Path(args.output) if args.output else reports / f"{args.bbh or path.stem}.json"
-    check_report_path(output)
+    check_report_path(output, [path])
     tokenizer = load_tokenizer(args.model)
     records, examples, _ = read_examples(path, tokenizer, *fields, template=args.prompt_template, limit=args.limit)
 

@@ -10,6 +10,8 @@ before anything is written; the library is `nrt.data_prep`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nrt.option_types import COUNT, SEED
 
 
@@ -76,7 +78,7 @@ def run_tulu3(args) -> None:
 
     options = Tulu3Options(args.train_size, args.test_size, args.seed, args.skip_bad_records, args.keep_earlier_turns)
     try:
-        check_output_dir(args.output_dir, output_names(["train", "test"]), args.overwrite)
+        check_output_dir(args.output_dir, output_names(["train", "test"]), args.overwrite, [Path(args.input)])
         prepared = prepare_tulu3(args.input, options)
     except DataError as e:
         _fail(str(e))
@@ -91,7 +93,7 @@ def run_split(args) -> None:
         test_size = parse_size(args.test_size, "--test-size")
         validation_size = parse_size(args.validation_size, "--validation-size")
         names = ["train", "test"] + (["validation"] if validation_size else [])
-        check_output_dir(args.output_dir, output_names(names), args.overwrite)
+        check_output_dir(args.output_dir, output_names(names), args.overwrite, [Path(args.input)])
         prepared = split_qa(args.input, test_size, validation_size, args.seed, args.question_field,
                             args.answer_field, args.messages_field or None)
     except DataError as e:

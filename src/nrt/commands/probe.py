@@ -65,10 +65,10 @@ def run_probe(args) -> None:
 
     require_positive(args, ("limit", "samples", "max_trace_tokens", "max_answer_tokens", "batch_size"))
     output = Path(args.output)
-    check_report_path(output)
+    tasks = task_files(args)
+    check_report_path(output, [path for _, path, _ in tasks])
     cfg = ProbeConfig(args.samples, args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed,
                       args.bf16, args.think_prompt)
-    tasks = task_files(args)
     refuse_adapter_dir(args.model)
     tokenizer = load_tokenizer(args.model)
     data = {}
