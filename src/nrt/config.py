@@ -64,6 +64,10 @@ class DataConfig:
     max_prompt_length: int = opt(512, "longest prompt in tokens; longer records are an error (see skip_overlong)")
     max_answer_length: int = opt(512, "longest reference answer in tokens, eos included")
     skip_overlong: bool = opt(False, "skip and count over-long records instead of stopping with an error")
+    split_special_tokens: bool = opt(
+        False, "read text that spells a special token (eos, <|response_start|>, ...) in a question or answer as plain "
+        "text; off, such a record is an error naming it (it would become that control token)"
+    )
     eval_path: str | None = opt(None, "validation Q&A data, same formats; evaluated every trainer.eval_steps")
     think_prompt: str = opt(
         "", "text appended on a new line to every question (to the last user turn of chat data), e.g. \"Think step "

@@ -16,6 +16,7 @@ parquet files and `save_to_disk` directories (i is the 0-based index, as in
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import os
@@ -237,6 +238,9 @@ def _text_field(place: str, rec: dict, field: str) -> str:
     return value
 
 
+CHAT_ROLES = ("system", "user", "assistant", "tool")  # the roles chat templates render
+
+
 def _chat_record(place: str, messages: Any, field: str) -> QARecord:
     """All turns before the final assistant turn form the prompt (NRT_SPEC section 3)."""
     if not isinstance(messages, list):
@@ -262,6 +266,10 @@ def _chat_record(place: str, messages: Any, field: str) -> QARecord:
                 raise DataError(f"{where}: '{key}' must be a string, got {_type_name(m[key])}")
         if not m["role"].strip():
             raise DataError(f"{where}: 'role' is empty")
+        if m["role"] not in CHAT_ROLES:
+            hint = difflib.get_close_matches(m["role"], CHAT_ROLES, n=1)
+            raise DataError(f"{where}: unknown role {m['role']!r} (one of {', '.join(CHAT_ROLES)})"
+                            + (f"; did you mean {hint[0]!r}?" if hint else ""))
         # Only role and content are kept: that is all the prompt renderers use.
         clean.append({"role": m["role"], "content": m["content"]})
     last = clean[-1]
@@ -271,6 +279,8 @@ def _chat_record(place: str, messages: Any, field: str) -> QARecord:
         )
     if not last["content"].strip():
         raise DataError(f"{place}: final assistant message of '{field}' is empty")
+    if not any(m["role"] == "user" for m in clean[:-1]):
+        raise DataError(f"{place}: '{field}' has no user turn before the final assistant turn (the question)")
     return QARecord(clean[:-1], last["content"], place)
 
 
@@ -351,6 +361,30 @@ class TokenizedExample:
     source: str
 
 
+def special_token_texts(tokenizer) -> list[str]:
+    """The texts a tokenizer reads as control tokens: its special tokens, the added tokens marked
+    special, and `<|response_start|>` (added at training time when missing). Longest first."""
+    from nrt.tokens import RESPONSE_START
+
+    texts = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            texts.add(str(added))
+    texts.add(RESPONSE_START)
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def _special_text_in(rec: QARecord, specials: list[str]) -> tuple[str, str] | None:
+    """(where, token) of the first special-token text in a record's question, messages or answer."""
+    parts = ([("question", rec.prompt)] if isinstance(rec.prompt, str)
+             else [(f"message {j} ({m['role']})", m["content"]) for j, m in enumerate(rec.prompt)])
+    for where, text in [*parts, ("answer", rec.answer)]:
+        for token in specials:
+            if token in text:
+                return where, token
+    return None
+
+
 def tokenize_records(
     records: Iterable[QARecord],
     tokenizer,
@@ -358,14 +392,18 @@ def tokenize_records(
     max_prompt_length: int,
     max_answer_length: int,
     skip_overlong: bool = False,
+    split_special_tokens: bool = False,
 ) -> tuple[list[TokenizedExample], int]:
     """Tokenise prompts and answers separately; returns (examples, number skipped).
 
     A prompt longer than `max_prompt_length` tokens, or an answer longer than
     `max_answer_length` tokens (eos included), raises DataError at the record's
     source, or is counted and dropped when `skip_overlong`. Dropping every record
-    raises DataError. An answer whose text contains the eos token's text raises
-    DataError: it would turn into an eos inside the reference answer.
+    raises DataError. Text that spells one of the tokenizer's special tokens (`special_token_texts`:
+    eos, `<|response_start|>`, a chat template's markers) in a question, message or answer raises
+    DataError naming the record and the token: it would be read as that control token. With
+    `split_special_tokens` such text is tokenized as plain text instead (answers and plain-template
+    prompts; a chat template's prompt keeps its own markers, so there it stays an error).
     """
     records = list(records)
     check_prompt_template(template)
@@ -379,9 +417,23 @@ def tokenize_records(
     if not records:
         raise DataError("no records to tokenize")
 
-    prompt_ids = encode_prompts(tokenizer, [r.prompt for r in records], template)
+    specials = special_token_texts(tokenizer)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    for rec in records:
+        found = _special_text_in(rec, specials)
+        if found is None or (split_special_tokens and not (chat and found[0] != "answer")):
+            continue
+        where, token = found
+        if where == "answer" and token == tokenizer.eos_token:
+            raise DataError(f"{rec.source}: answer contains the end-of-sequence token {token!r} as text")
+        hint = ("a chat template's prompt cannot hold it as plain text" if split_special_tokens
+                else "data.split_special_tokens=true reads such text as plain text")
+        raise DataError(f"{rec.source}: the {where} contains the special token {token!r} as text, which would "
+                        f"be read as that control token ({hint})")
+    prompt_ids = encode_prompts(tokenizer, [r.prompt for r in records], template, split_special_tokens)
     # The answer is tokenised on its own, never together with a trace (NRT_SPEC section 3).
-    answer_ids = _batch_ids(tokenizer, [r.answer for r in records], add_special_tokens=False)
+    answer_ids = _batch_ids(tokenizer, [r.answer for r in records], add_special_tokens=False,
+                            split_special_tokens=split_special_tokens)
 
     examples, skipped, first_skip = [], 0, None
     for rec, p_ids, a_ids in zip(records, prompt_ids, answer_ids):
@@ -417,7 +469,7 @@ def tokenize_records(
 
 
 def encode_prompts(
-    tokenizer, prompts: list[str | list[dict]], template: str = "{question}\n"
+    tokenizer, prompts: list[str | list[dict]], template: str = "{question}\n", split_special_tokens: bool = False
 ) -> list[list[int]]:
     """Render and batch-tokenise prompts: one list of token ids per prompt.
 
@@ -435,13 +487,16 @@ def encode_prompts(
     for flag in (True, False):
         idx = [i for i, a in enumerate(add) if a == flag]
         if idx:
-            ids = _batch_ids(tokenizer, [texts[i] for i in idx], add_special_tokens=flag)
+            plain = not getattr(tokenizer, "chat_template", None)  # a chat template's markers stay tokens
+            ids = _batch_ids(tokenizer, [texts[i] for i in idx], add_special_tokens=flag,
+                             split_special_tokens=split_special_tokens and plain)
             for i, row in zip(idx, ids):
                 out[i] = row
     return out
 
 
-def _batch_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+def _batch_ids(tokenizer, texts: list[str], add_special_tokens: bool, split_special_tokens: bool = False
+               ) -> list[list[int]]:
     # One batched call (parallel in a fast tokenizer); skipping the masks we do not
     # use saves about a third of the time on large datasets.
     enc = tokenizer(
@@ -449,6 +504,7 @@ def _batch_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[li
         add_special_tokens=add_special_tokens,
         return_attention_mask=False,
         return_token_type_ids=False,
+        **({"split_special_tokens": True} if split_special_tokens else {}),
     )
     return enc["input_ids"]
 
@@ -465,6 +521,7 @@ def read_examples(
     skip_overlong: bool = False,
     limit: int | None = None,
     prepare=None,
+    split_special_tokens: bool = False,
 ) -> tuple[list[QARecord], list[TokenizedExample], int]:
     """`load_qa_records` then `tokenize_records` (the first `limit` records; `prepare` may change
     them in between): (records, examples, skipped). Every problem is a one-line DataError: a bad
@@ -476,7 +533,7 @@ def read_examples(
         if prepare is not None:
             records = prepare(records)
         examples, skipped = tokenize_records(records, tokenizer, template, max_prompt_length, max_answer_length,
-                                             skip_overlong)
+                                             skip_overlong, split_special_tokens)
     except DataError:
         raise
     except (ValueError, TemplateError) as e:

@@ -67,7 +67,7 @@ def load_examples(config: Config, tokenizer, path=None) -> tuple[list[TokenizedE
     records, examples, skipped = read_examples(
         path or d.path, tokenizer, d.question_field, d.answer_field, d.messages_field or None, d.prompt_template,
         d.max_prompt_length, d.max_answer_length, d.skip_overlong,
-        prepare=lambda records: with_think_prompt(records, d.think_prompt),
+        prepare=lambda records: with_think_prompt(records, d.think_prompt), split_special_tokens=d.split_special_tokens,
     )
     kept = {ex.source for ex in examples}
     return examples, [r.answer for r in records if r.source in kept], skipped
