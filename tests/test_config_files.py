@@ -45,3 +45,17 @@ def test_nrt_train_refuses_a_duplicate_key_in_one_line_before_anything_is_writte
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert f"{path}:3: 'max_steps' is given twice (lines 2 and 3)" in lines[0]
     assert not out.exists()
+
+
+def test_a_config_saved_before_an_option_existed_counts_it_at_its_default():
+    """A run directory's config.yaml from an earlier nrt lacks later options: a resume (or a script's
+    cache check) sees no change for them, and still sees a real change."""
+    from nrt.config import Config
+    from nrt.training.run_record import option_changes
+
+    saved = Config().to_dict()
+    del saved["trainer"]["use_vllm"], saved["data"]["split_special_tokens"]
+    assert option_changes(saved, Config().to_dict()) == {}
+    changed = Config()
+    changed.trainer.use_vllm = True
+    assert option_changes(saved, changed.to_dict()) == {"trainer.use_vllm": (False, True)}
