@@ -182,11 +182,12 @@ def flatten(config: dict) -> dict:
 
 def option_changes(old: dict, new: dict) -> dict[str, tuple]:
     """Options (section.name) whose value differs between two nested config dicts: name -> (old, new).
-    An option missing from `old` (a config saved before the option existed) counts at its default, which
+    An option missing from either (a config saved before the option existed) counts at its default, which
     is the behaviour that run had."""
     from nrt.config import Config
 
-    a, b = {**flatten(Config().to_dict()), **flatten(old)}, flatten(new)
+    defaults = flatten(Config().to_dict())
+    a, b = {**defaults, **flatten(old)}, {**defaults, **flatten(new)}
     return {name: (a.get(name), b.get(name)) for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)}
 
 
