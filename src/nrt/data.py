@@ -421,9 +421,11 @@ def tokenize_records(
     chat = bool(getattr(tokenizer, "chat_template", None))
     for rec in records:
         found = _special_text_in(rec, specials)
-        if found is None or (split_special_tokens and not (chat and found[0] != "answer")):
+        if found is None:
             continue
         where, token = found
+        if split_special_tokens and (where == "answer" or not chat):  # tokenized as plain text below
+            continue
         if where == "answer" and token == tokenizer.eos_token:
             raise DataError(f"{rec.source}: answer contains the end-of-sequence token {token!r} as text")
         hint = ("a chat template's prompt cannot hold it as plain text" if split_special_tokens
@@ -437,11 +439,6 @@ def tokenize_records(
 
     examples, skipped, first_skip = [], 0, None
     for rec, p_ids, a_ids in zip(records, prompt_ids, answer_ids):
-        if eos_id in a_ids:
-            raise DataError(
-                f"{rec.source}: answer contains the end-of-sequence token "
-                f"{tokenizer.eos_token!r} as text"
-            )
         a_ids = a_ids + [eos_id]
         problem = None
         if len(p_ids) > max_prompt_length:

