@@ -262,7 +262,7 @@ def test_export_refuses_bad_input_with_one_line_errors(model_dirs, tiny_model_di
     (tmp_path / "run" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": tiny_model_dir}))
     assert main(["export", "--model", str(tmp_path / "run"), "--merge", "--output-dir", str(busy)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is not an empty directory" in err
+    assert err.count("\n") == 1 and "not empty and not an nrt export (holds keep.txt)" in err
     assert (busy / "keep.txt").read_text() == "mine"
 
 

@@ -45,5 +45,5 @@ def test_tulu3_into_the_directory_it_reads_is_refused(tmp_path, capsys):
                                        '{"role": "assistant", "content": "a"}]}\n')
     assert main(["data", "tulu3", "--input", str(source), "--output-dir", str(source), "--train-size", "1",
                  "--test-size", "1"]) == USAGE_ERROR
-    assert "would replace the input" in one_line(capsys)
+    assert f"is the input {source}" in one_line(capsys)
     assert sorted(p.name for p in source.iterdir()) == ["part.jsonl"]

@@ -218,7 +218,7 @@ def test_output_dir_of_the_base_model_or_of_user_files_is_refused_untouched(tiny
                                                                             capsys):
     before = snapshot(Path(tiny_model_dir))
     assert train(tiny_model_dir, sums_file, tiny_model_dir, "trainer.max_steps=1") == 2
-    assert "is the model directory" in capsys.readouterr().err
+    assert f"is the input {tiny_model_dir}" in capsys.readouterr().err
     assert snapshot(Path(tiny_model_dir)) == before
 
     mine = tmp_path / "mine"

@@ -323,44 +323,17 @@ def output_names(split_names) -> list[str]:
     return [f"{name}.jsonl" for name in split_names] + ["prep.json"]
 
 
-def replaced_input(outputs: list[Path], inputs: list[Path]) -> tuple[Path, Path] | None:
-    """(output, input) when writing `outputs` would replace an input file or write inside an input
-    directory (however either is spelled: paths are resolved, links followed), else None. --overwrite
-    never allows it: a command replaces only what it wrote itself."""
-    resolved = [Path(i).resolve() for i in inputs]
-    for output in outputs:
-        target = Path(output).resolve()
-        for given, source in zip(inputs, resolved):
-            if target == source or (source.is_dir() and source in target.parents):
-                return Path(output), Path(given)
-    return None
-
-
-def check_output_dir(output_dir: str | os.PathLike, names: list[str], overwrite: bool = False,
-                     inputs: list[Path] = ()) -> None:
-    """Raise DataPrepError if `output_dir` is a file, would replace one of `inputs`, or already holds one
-    of `names` and not `overwrite`."""
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise DataPrepError(f"--output-dir {out}: is a file")
-    clash = replaced_input([out / n for n in names], list(inputs))
-    if clash:
-        raise DataPrepError(f"--output-dir {out}: writing {clash[0].name} there would replace the input "
-                            f"{clash[1]} (--overwrite replaces earlier outputs only); choose another directory")
-    present = [n for n in names if (out / n).exists()]
-    if present and not overwrite:
-        raise DataPrepError(f"--output-dir {out}: already holds {', '.join(present)}; pass --overwrite to replace them")
-
-
 def write_splits(output_dir: str | os.PathLike, prepared: Prepared, overwrite: bool = False) -> list[Path]:
     """Write <split>.jsonl for each split and prep.json; each file ends complete or not at all.
 
     Everything is written to temporary files in `output_dir` first, then renamed into place; an error
     while writing removes the temporary files and leaves what was there before untouched.
     """
+    from nrt.outputs import check_output_dir
+
     out = Path(output_dir)
     names = output_names(prepared.splits)
-    check_output_dir(out, names, overwrite)
+    check_output_dir(out, "data preparation", files=names, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     texts = {f"{name}.jsonl": rows for name, rows in prepared.splits.items()}
     temporary: dict[str, str] = {}

@@ -21,9 +21,15 @@ class ModelLoadError(NRTError, ValueError):
     """A model or tokenizer that cannot be loaded or used; the message names the path."""
 
 
-class RunDirectoryError(NRTError):
-    """An output directory a run may not use (another program's files, a locked or foreign run,
-    changed options on resume, not writable); nothing was written to it."""
+class OutputError(NRTError):
+    """An output a command may not write (nrt.outputs): one of its inputs, a model directory, another
+    program's files or another kind of nrt output, an earlier output without --overwrite, a place that
+    cannot be written; nothing was written."""
+
+
+class RunDirectoryError(OutputError):
+    """An output directory a run may not use (the output rule, a locked run, a finished run, changed
+    options on resume); nothing was written to it."""
 
 
 class RunEnded(NRTError):

@@ -27,7 +27,6 @@ from nrt.commands.usage import (  # noqa: F401  (re-exported for callers of main
     OneLineParser,
     UsageError,
     bbh_file,
-    check_report_path,
     fail,
     refuse_adapter_dir,
     require_positive,
@@ -168,6 +167,7 @@ def add_eval(sub) -> None:
 def run_eval(args) -> None:
     from nrt.data import read_examples
     from nrt.model_loading import load_model, load_tokenizer, looks_local
+    from nrt.outputs import check_output_file
 
     if args.bbh:
         path, fields = bbh_file(args.bbh, args.bbh_dir), ("input", "target")
@@ -182,7 +182,7 @@ def run_eval(args) -> None:
     else:  # a hub name: a folder named like it would shadow the hub model in later loads
         reports = Path("eval") / args.model.replace("/", "__")
     output = Path(args.output) if args.output else reports / f"{args.bbh or path.stem}.json"
-    check_report_path(output, [path])
+    check_output_file(output, "eval report", inputs=[path])
     tokenizer = load_tokenizer(args.model)
     records, examples, _ = read_examples(path, tokenizer, *fields, template=args.prompt_template, limit=args.limit)
 
@@ -269,15 +269,6 @@ def run_compare(args) -> None:
     for path, flag in ((args.model, "--model"), (args.data, "--data"), (args.validation, "--validation")):
         if path and not Path(path).exists():
             fail(f"{flag} {path}: no such file or directory")
-    from nrt.training.run_record import RunDirectoryError, check_writable
-
-    from nrt.experiments.compare import check_compare_dir
-
-    try:
-        check_writable(Path(args.output_dir), "--output-dir")
-        check_compare_dir(Path(args.output_dir))
-    except RunDirectoryError as e:
-        fail(str(e))
     exp = Experiment(args.model, args.data, Path(args.output_dir), methods, seeds, eval_sets,
                      validation_data=args.validation, overrides=args.overrides, select=args.select,
                      max_trace_tokens=args.max_trace_tokens)

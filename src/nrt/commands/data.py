@@ -10,7 +10,6 @@ before anything is written; the library is `nrt.data_prep`.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from nrt.option_types import COUNT, SEED
 
@@ -74,11 +73,13 @@ def _finish(args, prepared) -> None:
 
 def run_tulu3(args) -> None:
     from nrt.data import DataError
-    from nrt.data_prep import Tulu3Options, check_output_dir, output_names, prepare_tulu3
+    from nrt.data_prep import Tulu3Options, output_names, prepare_tulu3
+    from nrt.outputs import check_output_dir
 
     options = Tulu3Options(args.train_size, args.test_size, args.seed, args.skip_bad_records, args.keep_earlier_turns)
     try:
-        check_output_dir(args.output_dir, output_names(["train", "test"]), args.overwrite, [Path(args.input)])
+        check_output_dir(args.output_dir, "data preparation", inputs=[args.input],
+                         files=output_names(["train", "test"]), overwrite=args.overwrite)
         prepared = prepare_tulu3(args.input, options)
     except DataError as e:
         _fail(str(e))
@@ -87,13 +88,15 @@ def run_tulu3(args) -> None:
 
 def run_split(args) -> None:
     from nrt.data import DataError
-    from nrt.data_prep import check_output_dir, output_names, parse_size, split_qa
+    from nrt.data_prep import output_names, parse_size, split_qa
+    from nrt.outputs import check_output_dir
 
     try:
         test_size = parse_size(args.test_size, "--test-size")
         validation_size = parse_size(args.validation_size, "--validation-size")
         names = ["train", "test"] + (["validation"] if validation_size else [])
-        check_output_dir(args.output_dir, output_names(names), args.overwrite, [Path(args.input)])
+        check_output_dir(args.output_dir, "data preparation", inputs=[args.input], files=output_names(names),
+                         overwrite=args.overwrite)
         prepared = split_qa(args.input, test_size, validation_size, args.seed, args.question_field,
                             args.answer_field, args.messages_field or None)
     except DataError as e:

@@ -58,12 +58,17 @@ def run_demo(args) -> None:
     from nrt.evaluation.evaluate import default_bbh_dir
     from nrt.gym.pretrain import BBH_BASE_PRETRAIN, ensure_base
     from nrt.experiments.compare import EvalFile, Experiment, run
+    from nrt.outputs import check_output_dir, check_output_file
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         fail(f"--seeds {args.seeds!r}: expected comma-separated integers")
     out = Path(args.output_dir)
+    # the output rule (nrt.outputs) before the base is pretrained or any data written
+    check_output_dir(out, "comparison", inputs=[args.base], resumable=True)
+    if args.results:
+        check_output_file(args.results, "demo results")
     base = ensure_base(Path(args.base), **BBH_BASE_PRETRAIN)
     if not (base / "gym.json").is_file():
         fail(f"--base {base}: no gym.json; not a model written by `nrt gym pretrain`")

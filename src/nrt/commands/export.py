@@ -4,12 +4,12 @@ The run directory (or one of its checkpoint-N / best directories) holds the adap
 format; the export loads the base model named in adapter_config.json, adds `<|response_start|>`
 as training did, merges the adapter into the weights and writes model + tokenizer, loadable with
 `AutoModelForCausalLM.from_pretrained(DIR)` and usable by `nrt generate` / `nrt eval`.
-The output is written to DIR.tmp and renamed when complete; an existing non-empty DIR is refused.
+The output is written aside and renamed when complete (nrt.outputs.written_whole); DIR must be absent,
+empty, or an earlier export (replaced with --overwrite): the output rule of nrt.outputs.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 
@@ -17,7 +17,9 @@ def add_export(sub) -> None:
     p = sub.add_parser("export", help="merge a LoRA run's adapter into its base model (a plain HF model)")
     p.add_argument("--model", required=True, help="a LoRA run directory (or its checkpoint-N / best)")
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights (required)")
-    p.add_argument("--output-dir", required=True, help="where the merged model goes (must not hold files)")
+    p.add_argument("--output-dir", required=True, help="where the merged model goes (absent, empty, or an "
+                   "earlier export)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output-dir")
     p.add_argument("--base-model", default=None, help="base model path (default: adapter_config.json's)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="dtype of the merged weights (default: the run's model.dtype, else float32)")
@@ -41,32 +43,27 @@ def run_dtype(run_dir: Path) -> str:
 
 
 def export_merged(run_dir: str | Path, output_dir: str | Path, base_model: str | None = None,
-                  dtype: str | None = None) -> Path:
+                  dtype: str | None = None, overwrite: bool = False) -> Path:
     """Merge the adapter of `run_dir` and write the plain model + tokenizer to `output_dir`."""
     import torch
     from transformers import AutoTokenizer
 
+    from nrt.outputs import check_output_dir, written_whole
     from nrt.training.peft_model import AdapterError, is_adapter_dir, merge_adapter
 
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     if not is_adapter_dir(run_dir):
         raise AdapterError(f"--model {run_dir}: no adapter_config.json (not a LoRA run directory; "
                            "a full fine-tuning run directory is already a plain model)")
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise AdapterError(f"--output-dir {output_dir}: exists and is not an empty directory")
+    check_output_dir(output_dir, "export", inputs=[run_dir, base_model], overwrite=overwrite)
     try:  # the run directory's own tokenizer, written by nrt (the adapter folder has no config.json)
         tokenizer = AutoTokenizer.from_pretrained(run_dir)
     except (OSError, ValueError) as e:
         raise AdapterError(f"--model {run_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     merged = merge_adapter(run_dir, tokenizer, base_model, getattr(torch, dtype or run_dtype(run_dir)))
-    tmp = output_dir.with_name(output_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if output_dir.exists():
-        output_dir.rmdir()  # empty, checked above
-    tmp.rename(output_dir)
+    with written_whole(output_dir, "export") as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return output_dir
 
 
@@ -79,7 +76,7 @@ def run_export(args) -> None:
     if not Path(args.model).is_dir():
         fail(f"--model {args.model}: no such directory")
     try:
-        out = export_merged(args.model, args.output_dir, args.base_model, args.dtype)
+        out = export_merged(args.model, args.output_dir, args.base_model, args.dtype, args.overwrite)
     except AdapterError as e:
         fail(str(e))
     print(f"merged model: {out}")

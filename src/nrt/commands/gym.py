@@ -45,6 +45,7 @@ def register(subparsers) -> None:
                        "(.txt: one document per line; .jsonl: a 'text' field per line).")
     p.add_argument("--corpus", help="your own corpus instead of the gym's")
     p.add_argument("--output-dir", default=d.output_dir, help=f"where the model goes (default {d.output_dir})")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier gym model in --output-dir")
     p.add_argument("--steps", type=COUNT, default=d.steps, help=f"optimizer steps (default {d.steps})")
     p.add_argument("--seed", type=SEED, default=d.seed, help="seed of world, corpus, batches and weights")
     p.add_argument("--tasks", type=_tasks, default=d.tasks, help="gym tasks in the corpus, comma separated")
@@ -61,6 +62,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("data", help="write each task's train/validation/test splits as jsonl")
     p.add_argument("--output-dir", required=True, help="DIR/<task>/<split>.jsonl with fields question, answer")
+    p.add_argument("--overwrite", action="store_true", help="replace the splits of an earlier `nrt gym data` in DIR")
     p.add_argument("--seed", type=SEED, default=0, help="the base model's pretraining seed (default 0)")
     p.add_argument("--model", help="take seed and world options from this gym model's gym.json instead")
     p.add_argument("--tasks", type=_tasks, default=T.TASKS)
@@ -84,7 +86,7 @@ def run_pretrain(args) -> None:
     if cfg.steps < 1:
         _usage_error("--steps must be positive")
     try:
-        pretrain(cfg)
+        pretrain(cfg, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, UnicodeDecodeError) as e:
         _usage_error(str(e).splitlines()[0])
 
@@ -92,6 +94,10 @@ def run_pretrain(args) -> None:
 def run_data(args) -> None:
     from nrt.gym.corpus import Corpus, CorpusConfig
     from nrt.gym.probe import gym_corpus_of
+    from nrt.outputs import check_output_dir, mark_dir
+
+    check_output_dir(args.output_dir, "gym data", inputs=[args.model], files=list(args.tasks),
+                     overwrite=args.overwrite)
 
     if args.model:
         try:
@@ -101,12 +107,14 @@ def run_data(args) -> None:
     else:
         corpus = Corpus(CorpusConfig(seed=args.seed, tasks=args.tasks))
     items = {t: corpus.items[t] for t in args.tasks if t in corpus.items}
+    mark_dir(Path(args.output_dir), "gym data")
     for task, c in T.write_splits(args.output_dir, items).items():
         print(f"{task}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
 
 
 def run_probe(args) -> None:
     from nrt.gym.probe import gym_corpus_of, probe
+    from nrt.outputs import atomic_write_text, check_output_file
 
     if not (Path(args.model) / "config.json").exists():
         _usage_error(f"{args.model}: not a model directory")
@@ -117,8 +125,9 @@ def run_probe(args) -> None:
     splits = tuple(s for s in args.splits.split(",") if s)
     if any(s not in T.SPLITS for s in splits):
         _usage_error(f"--splits: choose from {','.join(T.SPLITS)}")
-    report = probe(args.model, args.tasks, splits, limit=args.limit, bbh_dir=args.bbh_dir)
-    text = json.dumps(report, indent=1)
-    print(text)
     if args.output:
-        Path(args.output).write_text(text)
+        check_output_file(args.output, "gym probe report", inputs=[args.model])
+    report = probe(args.model, args.tasks, splits, limit=args.limit, bbh_dir=args.bbh_dir)
+    print(json.dumps(report, indent=1))
+    if args.output:
+        atomic_write_text(Path(args.output), json.dumps({"nrt_report": "gym probe report", **report}, indent=1))

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from nrt.option_types import COUNT, SEED
-from nrt.commands.usage import bbh_file, check_report_path, fail, refuse_adapter_dir, require_positive
+from nrt.commands.usage import bbh_file, fail, refuse_adapter_dir, require_positive
 
 
 def add_probe(sub) -> None:
@@ -61,12 +61,12 @@ def run_probe(args) -> None:
     from nrt.evaluation.probe import ProbeConfig, probe
     from nrt.model_loading import load_model, load_tokenizer
     from nrt.tokens import ensure_response_start_token
-    from nrt.training.run_record import atomic_write_text
+    from nrt.outputs import atomic_write_text, check_output_file
 
     require_positive(args, ("limit", "samples", "max_trace_tokens", "max_answer_tokens", "batch_size"))
     output = Path(args.output)
     tasks = task_files(args)
-    check_report_path(output, [path for _, path, _ in tasks])
+    check_output_file(output, "probe report", inputs=[path for _, path, _ in tasks])
     cfg = ProbeConfig(args.samples, args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed,
                       args.bf16, args.think_prompt)
     refuse_adapter_dir(args.model)
@@ -81,7 +81,8 @@ def run_probe(args) -> None:
     model = load_model(args.model).eval()
     rs = ensure_response_start_token(model, tokenizer)
     chat = bool(getattr(tokenizer, "chat_template", None))
-    report = {"model": args.model, "config": vars(cfg), "chat_template": chat, "tasks": {}}
+    report = {"nrt_report": "probe report", "model": args.model, "config": vars(cfg), "chat_template": chat,
+              "tasks": {}}
     for name, (path, records, examples) in data.items():
         summary, rows = probe(model, tokenizer, examples, [r.answer for r in records], cfg, rs)
         report["tasks"][name] = {"data": str(path), "prompt_example": tokenizer.decode(examples[0].prompt_ids),

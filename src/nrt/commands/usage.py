@@ -65,20 +65,6 @@ def require_positive(args, names: tuple[str, ...]) -> None:
             fail(f"--{name.replace('_', '-')} must be at least 1")
 
 
-def check_report_path(output: Path, inputs: list[Path] = ()) -> None:
-    """Before the work, so results are never computed only to be lost: a file name in a writable place,
-    none of the command's `inputs`."""
-    from nrt.data_prep import replaced_input
-    from nrt.training.run_record import check_writable
-
-    if output.is_dir():
-        fail(f"--output {output}: is a directory; give a file name")
-    clash = replaced_input([output], list(inputs))
-    if clash:
-        fail(f"--output {output}: is the input {clash[1]}; the report would replace it")
-    check_writable(output.parent, "--output")
-
-
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (`nrt train: error: ...`) and exit code 2, no usage block."""
 

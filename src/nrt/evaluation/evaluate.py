@@ -148,8 +148,10 @@ def _evaluate_batch(model, tokenizer, examples, references, cfg: EvalConfig, res
 
 
 def write_report(path: Path, summary: dict, rows: list[dict], meta: dict) -> None:
-    """JSON report, written to a temporary name and renamed, so a failure leaves nothing half-written."""
+    """JSON report, written to a temporary name and renamed, so a failure leaves nothing half-written;
+    its "nrt_report" field lets a later `nrt eval` replace it (nrt.outputs)."""
+    from nrt.outputs import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**meta, "summary": summary, "examples": rows}, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"nrt_report": "eval report", **meta, "summary": summary, "examples": rows},
+                                       indent=1))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nrt.evaluation.report import fmt, markdown_table, mean_std, plot_curves, read_metrics
+from nrt.outputs import check_output_dir, mark_dir
 
 CURVES = {
     "reward_mean": "reward (before normalisation)",
@@ -161,26 +162,16 @@ def evaluate_model(exp: Experiment, model_dir: Path, out_dir: Path) -> dict[str,
     return results
 
 
-MARKER = "nrt_compare.json"  # marks an output directory as a comparison's (check_compare_dir)
-
-
-def check_compare_dir(path: Path) -> None:
-    """Refuse a directory that is not empty and not a comparison (its marker, or the runs/ of an older one)."""
-    from nrt.training.run_record import RunDirectoryError
-
-    path = Path(path)
-    if path.is_dir() and any(path.iterdir()) and not (path / MARKER).is_file() and not (path / "runs").is_dir():
-        names = sorted(p.name for p in path.iterdir())
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise RunDirectoryError(f"--output-dir {path}: not empty and not an nrt comparison (holds {shown}); "
-                                "choose an empty or new directory")
+def inputs_of(exp: Experiment) -> list:
+    """The files and directories a comparison reads, which its output may not be (nrt.outputs)."""
+    return [exp.base_model, exp.train_data, exp.validation_data, *(s.path for s in exp.eval_sets)]
 
 
 def run(exp: Experiment, log=print) -> dict:
     """Train and evaluate everything, then write the report; returns the summary."""
     summary: dict = {"runs": []}
-    Path(exp.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(exp.output_dir) / MARKER).write_text(json.dumps({"nrt_compare": 1}))
+    check_output_dir(exp.output_dir, "comparison", inputs=inputs_of(exp), resumable=True)
+    mark_dir(Path(exp.output_dir), "comparison")
     if exp.include_base:
         log(f"evaluating the base model {exp.base_model}")
         base = evaluate_model(exp, Path(exp.base_model), Path(exp.output_dir) / "base_eval")

@@ -146,8 +146,12 @@ def build_model(cfg: PretrainConfig, tok) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def pretrain(cfg: PretrainConfig, log=print) -> Path:
-    """Train tokenizer + model as configured and save them to `cfg.output_dir`."""
+def pretrain(cfg: PretrainConfig, log=print, overwrite: bool = False) -> Path:
+    """Train tokenizer + model as configured and save them to `cfg.output_dir`: written whole, once
+    trained; the directory must be absent, empty or an earlier gym model (replaced if `overwrite`)."""
+    from nrt.outputs import check_output_dir, written_whole
+
+    check_output_dir(cfg.output_dir, "gym model", inputs=[cfg.corpus], overwrite=overwrite)
     t0 = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -209,18 +213,18 @@ def pretrain(cfg: PretrainConfig, log=print) -> Path:
                 f"{seen_tokens / el:.0f} tok/s {el:.0f}s (cpu {cpu:.0f}s)")
 
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=pad,
                                                bos_token_id=None, do_sample=False)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
     info = {"config": asdict(cfg), "corpus_config": asdict(corpus.cfg) if corpus else None, "documents": len(docs),
             "tokens_seen": seen_tokens,
             "parameters": n_params, "vocab_size": len(tok), "wall_s": round(time.time() - t0, 1),
             "response_start_id": tok.convert_tokens_to_ids(RESPONSE_START), "loss_curve": curve}
     if corpus is not None:
         info["reasoning_gain_train"] = train_reasoning_gain(model, tok, corpus.items, cfg.seed, log)
-    (out / "gym.json").write_text(json.dumps(info, indent=1))
+    with written_whole(out, "gym model") as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "gym.json").write_text(json.dumps(info, indent=1))
     log(f"saved {out} ({info['wall_s']}s)")
     return out
 

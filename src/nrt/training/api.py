@@ -88,7 +88,8 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
     """Train as `config` says; returns what the run produced (see the module docstring for errors)."""
     validate(config)
     out = Path(config.trainer.output_dir)
-    check_output_dir(out, resume, config.model.model_name_or_path)  # read-only checks, before anything loads
+    # read-only checks, before anything loads
+    check_output_dir(out, resume, config.model.model_name_or_path, inputs=[config.data.path, config.data.eval_path])
     changes = resume_changes(out, config) if resume else {}
     source = ModelSource.from_config(config.model)
     tokenizer = load_tokenizer(source)

@@ -5,8 +5,8 @@
     output_dir/.nrt.lock      locked (flock) while a run writes into the directory
 
 A run writes only into a directory that is absent, empty, or an nrt run (it holds
-nrt_run.json): a directory of the user's own files, or the base model's, is refused. A
-second run into a locked directory is refused. `--resume` may change only the options in
+nrt_run.json): the output rule of nrt.outputs refuses a directory of the user's own files, or the
+base model's. A second run into a locked directory is refused. `--resume` may change only the options in
 RESUMABLE (how long to train, how often to log, save and evaluate); any other change is
 refused with the option names, since the checkpoint's optimizer, scheduler and data order
 were made with the old values.
@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 from nrt.errors import RunDirectoryError  # noqa: F401  (raised here; also imported from here by callers)
+# check_writable and atomic_write_text: also imported from here by callers
+from nrt.outputs import LEFTOVERS, atomic_write_text, check_output_dir as check_dir, check_writable  # noqa: F401
 
 RECORD = "nrt_run.json"
 LOCK = ".nrt.lock"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-# what a run killed before its record was complete leaves: the directory still counts as empty
-LEFTOVERS = {LOCK, f".{RECORD}.tmp"}
 
 RESUMABLE = {
     "trainer.output_dir", "trainer.max_steps", "trainer.num_train_epochs", "trainer.logging_steps",
@@ -38,21 +38,6 @@ RESUMABLE = {
     "trainer.vllm_gpu_memory_utilization", "trainer.vllm_enable_sleep_mode",
 }
 
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name in the same directory, flush to disk, rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def complete_checkpoints(path: Path) -> list[int]:
@@ -88,38 +73,14 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _writable_ancestor(path: Path) -> tuple[Path, bool]:
-    """The nearest existing ancestor of `path` and whether a directory can be made under it."""
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            return parent, parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
-    return Path("/"), False
-
-
-def check_writable(path: Path, flag: str) -> None:
-    """Raise RunDirectoryError unless `path` is (or can be created as) a writable directory."""
-    path = Path(path)
-    ancestor, ok = _writable_ancestor(path)
-    if not ancestor.is_dir():
-        raise RunDirectoryError(f"{flag} {path}: {ancestor} is a file, not a directory")
-    if not ok:
-        raise RunDirectoryError(f"{flag} {path}: {ancestor} is not writable")
-
-
-def check_output_dir(path: str | Path, resume: bool, model_path: str | None = None) -> None:
-    """Refuse an output directory a run may not write into (read-only: creates nothing)."""
+def check_output_dir(path: str | Path, resume: bool, model_path: str | None = None, inputs=()) -> None:
+    """Refuse an output directory a run may not write into (read-only: creates nothing): the output rule
+    (nrt.outputs: not an input, not a model directory, not another program's files), then a run's own."""
     path = Path(path)
     flag = "--output-dir"
-    check_writable(path, flag)
-    if model_path and Path(model_path).exists() and path.exists() and path.resolve() == Path(model_path).resolve():
-        raise RunDirectoryError(f"{flag} {path}: is the model directory (--model); choose another directory")
+    check_dir(path, "run", flag, inputs=[model_path, *inputs], resumable=True)
     if is_locked(path):
         raise RunDirectoryError(f"{flag} {path}: another nrt run is writing into it (pid {lock_owner(path)})")
-    names = sorted(p.name for p in path.iterdir() if p.name not in LEFTOVERS) if path.is_dir() else []
-    if names and not is_run(path):
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise RunDirectoryError(f"{flag} {path}: not empty and not an nrt run (holds {shown}); "
-                                "choose an empty or new directory")
     if complete_checkpoints(path) and not resume:
         raise RunDirectoryError(f"{flag} {path}: holds an earlier run; pass --resume to continue it "
                                 "or choose another directory")
