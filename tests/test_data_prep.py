@@ -221,7 +221,8 @@ def test_a_bad_parquet_row_names_its_row_and_leaves_an_earlier_preparation_intac
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     # and without --overwrite a good input does not replace an earlier preparation either
     code, _, err = run_tulu3(capsys, "--input", good, "--output-dir", tmp_path / "out", "--seed", 1)
-    assert code == 2 and "holds an earlier nrt data preparation (train.jsonl, test.jsonl, prep.json); pass --overwrite" in err
+    assert code == 2 and ("holds an earlier nrt data preparation (train.jsonl, test.jsonl, prep.json); "
+                          "pass --overwrite") in err
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 

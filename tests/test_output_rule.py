@@ -114,7 +114,7 @@ def test_no_command_writes_into_a_model_directory_or_a_users_files(command, comm
     users = tmp_path / "users_files"
     users.mkdir()
     (users / written).write_text("the user's own file")
-    assert f"not empty and not an nrt" in refused(capsys, argv, users)
+    assert "not empty and not an nrt" in refused(capsys, argv, users)
     assert tree(users) == {written: b"the user's own file"}
 
 

@@ -144,8 +144,9 @@ def check_output_dir(path: str | Path, kind: str, flag: str = "--output-dir", in
     for target in [path, *(path / name for name in files or ())]:
         clash = _input_clash(target, inputs)
         if clash is not None:
-            where = (f"writing {target.name} there would replace the input {clash}" if target != path else
-                     f"is the input {clash}" if target.resolve() == clash.resolve() else f"lies inside the input {clash}")
+            where = (f"writing {target.name} there would replace the input {clash}" if target != path
+                     else f"is the input {clash}" if target.resolve() == clash.resolve()
+                     else f"lies inside the input {clash}")
             raise OutputError(f"{flag} {path}: {where} (--overwrite replaces a command's own earlier outputs only); "
                               "choose another directory")
     check_writable(path, flag)
