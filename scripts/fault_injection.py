@@ -13,7 +13,8 @@ every step, the two newest kept) and injects one fault:
                  safetensors' save_file and torch.save (model and optimizer files), before or
                  after the real call;
 - full-disk:     RLIMIT_FSIZE set to a random size below the largest file of a run, with
-                 SIGXFSZ ignored, so writes past it fail with EFBIG as on a full disk.
+                 SIGXFSZ ignored, so writes past it fail with EFBIG as on a full disk; that
+                 run must exit 6 in one line and leave no `.tmp` file or directory.
 
 Then the run is continued as a user would: `--resume` when the directory holds a run
 (nrt_run.json), else the same command without it; with probability 0.3 the first
@@ -164,6 +165,11 @@ def metrics_of(out: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
+def temporaries(out: Path) -> list[str]:
+    """Temporary files and directories anywhere in a run directory (an interrupted write's leftovers)."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.name.endswith(".tmp"))
+
+
 def compare(reference: Path, out: Path) -> tuple[bool, bool, str]:
     """(equal within 1e-6 relative, bit-identical, what differed)."""
     from safetensors.torch import load_file
@@ -194,7 +200,7 @@ def compare(reference: Path, out: Path) -> tuple[bool, bool, str]:
         if not torch.allclose(model[name], tensor, rtol=1e-6, atol=1e-7):
             return False, False, f"final weights differ: {name}"
         identical = identical and torch.equal(model[name], tensor)
-    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    leftovers = temporaries(out)
     if leftovers:
         return False, False, f"left over: {leftovers}"
     return True, identical, ""
@@ -260,12 +266,13 @@ def main_script() -> None:
             label = f"file size limit {fault['limit']} B"
         code, _ = run(argv(out, False), log, fault, kill_after)
         tally[(kind, code)] += 1
-        if kind == "full-disk":  # a failed write is one line and exit 6, never a traceback
+        if kind == "full-disk":  # a failed write is one line and exit 6, never a traceback, and leaves no .tmp
             text = log.read_text()
-            clean = code in (0, 6) and "Traceback" not in text
+            clean = code in (0, 6) and "Traceback" not in text and not (out.exists() and temporaries(out))
             one_line += clean
             if not clean:
-                failures.append(f"trial {trial} ({label}): exit {code}, not one line: {text[-300:]!r}")
+                left = temporaries(out) if out.exists() else []
+                failures.append(f"trial {trial} ({label}): exit {code}, left {left}, output {text[-300:]!r}")
         history = [code]
         for attempt in range(4):
             if code == 0:
@@ -288,7 +295,8 @@ def main_script() -> None:
     print(f"\n{exact}/{args.trials} trials ended with a run equal to the uninterrupted one "
           f"({identical} bit-identical); {elapsed:.0f} s")
     disk_trials = sum(n for (k, _), n in tally.items() if k == "full-disk")
-    print(f"full-disk runs that failed in one line with exit 6 (or finished): {one_line}/{disk_trials}")
+    print(f"full-disk runs that failed in one line with exit 6 (or finished), leaving no .tmp: "
+          f"{one_line}/{disk_trials}")
     print("first exit codes by fault: " + ", ".join(f"{k} -> {c}: {n}" for (k, c), n in sorted(tally.items())))
     for line in failures:
         print(line)
