@@ -14,7 +14,7 @@ LAYERS = [
     ("foundation", ["nrt.errors", "nrt.config", "nrt.tokens", "nrt.data", "nrt.data_prep", "nrt.model_loading",
                     "nrt.tiny",
                     "nrt.rewards", "nrt.advantages", "nrt.shaping", "nrt.scoring", "nrt.loss", "nrt.rollout_correction",
-                    "nrt.option_types",
+                    "nrt.option_types", "nrt.outputs",
                     "nrt.presets"]),
     ("engine", ["nrt.engine"]),
     ("evaluation", ["nrt.evaluation"]),
