@@ -202,6 +202,20 @@ def test_bad_jsonl_records(tmp_path, record, problem):
     assert msg.startswith(f"{p}:4: {problem}") and "\n" not in msg, msg
 
 
+def test_a_lone_surrogate_is_refused_naming_the_line_and_a_pair_is_one_character(tmp_path):
+    p = tmp_path / "data.jsonl"
+    p.write_text(json.dumps(ROWS[0]) + '\n{"question": "q \\ud83d\\ude00", "answer": "a"}\n'
+                 '{"question": "q", "answer": "x\\ud800"}\n')
+    with pytest.raises(DataError, match=at(p) + r":3: field 'answer' holds a lone surrogate '\\ud800' at character 2"):
+        load_qa_records(p)
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text('{"messages": [{"role": "user", "content": "\\udfff"}, {"role": "assistant", "content": "a"}]}\n')
+    with pytest.raises(DataError, match=at(chat) + r":1: messages\[0\]: 'content' holds a lone surrogate"):
+        load_qa_records(chat)
+    p.write_text('{"question": "q \\ud83d\\ude00", "answer": "a"}\n')
+    assert load_qa_records(p)[0].prompt == "q \U0001f600"
+
+
 def test_invalid_json_line(tmp_path):
     p = tmp_path / "data.jsonl"
     p.write_text(json.dumps(ROWS[0]) + '\n{"question": "q" "answer": "a"}\n')
@@ -318,7 +332,8 @@ def test_render_prompt_with_chat_template():
     assert render_prompt(tok, CHAT[:2]) == "<s><system>Be brief.\n<user>Name a colour.\n<assistant>"
 
 
-@pytest.mark.parametrize("template", ["Question:", "{question} {answer}", "{question} {"])
+@pytest.mark.parametrize("template", ["Question:", "{question} {answer}", "{question} {", "{question}{question.foo}",
+                                      "{question}{question[0]}", "{question:>40}", "{question!r}{question}", "{question}{}"])
 def test_bad_prompt_template_names_the_option(template):
     with pytest.raises(ValueError, match="data.prompt_template"):
         check_prompt_template(template)

@@ -195,6 +195,8 @@ BAD = [
      "the final turn must be the assistant's, got 'user'"),
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]},
      "the last assistant turn is empty"),
+    ({"messages": [{"role": "user", "content": "q\ud800"}, {"role": "assistant", "content": "a"}]},
+     "messages[0] 'content' holds a lone surrogate '\\ud800' at character 2, not a character (a broken \\uXXXX escape?)"),
 ]
 
 
@@ -295,6 +297,16 @@ def test_split_bad_sizes_exit_2_naming_the_option(args, message, tmp_path, capsy
     code = main(["data", "split", "--input", str(source), "--output-dir", str(tmp_path / "out"), *args])
     assert code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_refuses_a_lone_surrogate_naming_its_line(tmp_path, capsys):
+    source = tmp_path / "qa.jsonl"
+    source.write_text('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": "a\\ud800"}\n')
+    code = main(["data", "split", "--input", str(source), "--output-dir", str(tmp_path / "out"), "--test-size", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{source}:2: field 'answer' holds a lone surrogate" in err, err
     assert not (tmp_path / "out").exists()
 
 

@@ -281,6 +281,22 @@ def test_lora_options_are_checked_before_the_model_loads(tiny_model_dir, sums_fi
     assert not (tmp_path / "o" / "checkpoint-1").exists()
 
 
+@pytest.mark.parametrize("targets, says", [
+    ("embed_tokens", "is the model's input embedding"), ("lm_head", "is the model's output layer"),
+    ("layers", "not a linear layer"), ("mlp", "not a linear layer"), ("nonexistent_proj", "has no module named"),
+])
+def test_lora_targets_that_are_not_linear_layers_are_refused_in_one_line(targets, says, tiny_model_dir, sums_file,
+                                                                       tmp_path, capsys):
+    from nrt.commands.cli import main
+
+    out = tmp_path / "o"
+    assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
+                 "model.use_peft=true", f"model.lora_target_modules={targets}", "trainer.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.lora_target_modules=" in err and says in err, err
+    assert not out.exists()
+
+
 def test_lora_target_modules_reads_a_yaml_list(tmp_path):
     from nrt.config import load_yaml
     from nrt.training.peft_model import lora_config

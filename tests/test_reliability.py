@@ -194,6 +194,9 @@ BAD_OPTIONS = [
     ("method.format_reward_weight=2", "method.format_reward_weight"),
     ("method.std_filter_decay=1", "method.std_filter_decay"),
     ('data.question_field=" "', "data.question_field must not be empty"),
+    ("data.prompt_template={question}{question.foo}", "{question.foo} is not allowed"),
+    ("data.prompt_template=Q:{question}{question:>9}", "{question:>9} is not allowed"),
+    ("data.prompt_template=Q:{answer}{question}", "{answer} is not allowed"),
 ]
 
 

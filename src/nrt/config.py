@@ -344,8 +344,12 @@ def validate(config: Config) -> None:
         raise ConfigError("data.path is required (--data PATH)")
     if not t.output_dir:
         raise ConfigError("trainer.output_dir is required (--output-dir DIR)")
-    if "{question}" not in d.prompt_template:
-        raise ConfigError("data.prompt_template must contain {question}")
+    from nrt.data import check_prompt_template
+
+    try:
+        check_prompt_template(d.prompt_template)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if t.num_generations < 2:
         raise ConfigError("trainer.num_generations must be at least 2 (group statistics need K >= 2)")
     if t.per_device_train_batch_size < 1 or t.per_device_train_batch_size % t.num_generations:

@@ -235,7 +235,18 @@ def _text_field(place: str, rec: dict, field: str) -> str:
         raise DataError(f"{place}: field '{field}' must be a string, got {_type_name(value)}")
     if not value.strip():
         raise DataError(f"{place}: field '{field}' is empty")
+    _check_encodable(place, f"field '{field}'", value)
     return value
+
+
+def _check_encodable(place: str, what: str, text: str) -> None:
+    """JSON can spell a lone UTF-16 surrogate (`"\\ud800"`), which is no character: tokenizers fail
+    on it mid-run. A surrogate pair (an emoji written as two escapes) decodes to one character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{place}: {what} holds a lone surrogate {text[e.start]!r} at character {e.start + 1}, "
+                        "not a character (a broken \\uXXXX escape?)") from None
 
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")  # the roles chat templates render
@@ -266,6 +277,7 @@ def _chat_record(place: str, messages: Any, field: str) -> QARecord:
                 raise DataError(f"{where}: '{key}' must be a string, got {_type_name(m[key])}")
         if not m["role"].strip():
             raise DataError(f"{where}: 'role' is empty")
+        _check_encodable(where, "'content'", m["content"])
         if m["role"] not in CHAT_ROLES:
             hint = difflib.get_close_matches(m["role"], CHAT_ROLES, n=1)
             raise DataError(f"{where}: unknown role {m['role']!r} (one of {', '.join(CHAT_ROLES)})"
@@ -296,17 +308,24 @@ def _one_line(e: Exception) -> str:
 
 
 def check_prompt_template(template: str) -> None:
-    """Raise ValueError (naming the option `data.prompt_template`) unless `template`
-    is a str.format string whose only placeholder is `{question}`."""
+    """Raise ValueError (naming the option `data.prompt_template`) unless `template` is a
+    str.format string whose every placeholder is a plain `{question}`: no other field, no
+    attribute or index (`{question.foo}`), no conversion or format spec, which would fail or
+    change the question's text per record instead of at the start."""
+    import string
+
     if not isinstance(template, str) or "{question}" not in template:
         raise ValueError(f"data.prompt_template must contain '{{question}}', got {template!r}")
     try:
-        template.format(question="")
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(
-            f"data.prompt_template {template!r} is not a valid template with the single "
-            f"placeholder {{question}} ({type(e).__name__}: {e}); write literal braces as {{{{ }}}}"
-        ) from None
+        fields = [(f, conv, spec) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"data.prompt_template {template!r} is not a valid template ({e}); "
+                         "write literal braces as {{ }}") from None
+    for f, conv, spec in fields:
+        if f != "question" or conv or spec:
+            shown = "{" + f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"data.prompt_template {template!r}: {shown} is not allowed, the only placeholder is "
+                             "a plain {question}; write literal braces as {{ }}")
 
 
 def render_prompt(tokenizer, prompt: str | list[dict], template: str = "{question}\n") -> str:

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from nrt.data import DataError, QARecord, _jsonl_records, _type_name, load_qa_records
+from nrt.data import DataError, QARecord, _check_encodable, _jsonl_records, _type_name, load_qa_records
 
 OFFICIAL_SCRIPT = "sharkwyf/native-reasoning-models: recipe/nrt/data/scripts/tulu-3-sft-mixture.py"
 TULU3_EXTENSIONS = (".jsonl", ".parquet")
@@ -224,6 +224,10 @@ def tulu3_line(place: str, record: Any, keep_earlier_turns: bool = False) -> dic
         for key in ("role", "content"):
             if not isinstance(m.get(key), str):
                 raise DataPrepError(f"{place}: messages[{j}]: '{key}' must be a string, got {_type_name(m.get(key))}")
+        try:
+            _check_encodable(place, f"messages[{j}] 'content'", m["content"])
+        except DataError as e:
+            raise DataPrepError(str(e)) from None
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
         raise DataPrepError(f"{place}: no assistant turn (roles: {', '.join(roles) or 'none'})")

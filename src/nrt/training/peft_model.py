@@ -68,19 +68,41 @@ def lora_config(model_config, model, token_ids: list[int]):
     )
 
 
+def check_lora_targets(model, option: str, target_modules) -> None:
+    """Refuse, naming `model.lora_target_modules`, a target that matches no module, the input
+    embedding or the output layer (nrt trains their `<|response_start|>` rows itself, and a
+    LoRA on them would fight those rows), or a module that is not a linear layer (a block such
+    as `layers` or `mlp`: peft would fail inside with a traceback). "all-linear" is peft's own rule."""
+    if target_modules == "all-linear":
+        return
+    import torch
+
+    from transformers.pytorch_utils import Conv1D
+
+    embed_name, head_name, _ = embedding_module_names(model)
+    modules = dict(model.named_modules())
+    prefix = f"model.lora_target_modules={option!r}"
+    for target in target_modules:
+        matched = {n: m for n, m in modules.items() if n == target or n.endswith("." + target)}
+        if not matched:
+            raise AdapterError(f"{prefix}: {type(model).__name__} has no module named {target}")
+        for name, module in matched.items():
+            if name in (embed_name, head_name):
+                raise AdapterError(f"{prefix}: {target} is the model's {'input embedding' if name == embed_name else 'output layer'}"
+                                   f" ({name}), not a LoRA target: nrt trains its <|response_start|> row itself")
+            if not isinstance(module, (torch.nn.Linear, Conv1D)):
+                raise AdapterError(f"{prefix}: {target} matches {name}, a {type(module).__name__}, not a linear layer; "
+                                   "name linear layers (e.g. q_proj,v_proj) or give all-linear")
+
+
 def wrap_lora(model, model_config, token_ids: list[int]):
     """The peft model: LoRA on the target modules, the `token_ids` rows trainable, all else frozen."""
     peft = _require_peft()
     config = lora_config(model_config, model, token_ids)
-    if config.target_modules != "all-linear":  # peft only complains when no name matches at all
-        names = [n for n, _ in model.named_modules()]
-        missing = [t for t in config.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
-        if missing:
-            raise AdapterError(f"model.lora_target_modules={model_config.lora_target_modules!r}: "
-                               f"{type(model).__name__} has no module named {', '.join(missing)}")
+    check_lora_targets(model, model_config.lora_target_modules, config.target_modules)
     try:
         return peft.get_peft_model(model, config)
-    except ValueError as e:  # e.g. a target module name the model does not have
+    except ValueError as e:  # a rule of peft's own not checked above
         raise AdapterError(f"model.lora_target_modules={model_config.lora_target_modules!r}: "
                            f"{str(e).splitlines()[0]}") from None
 
