@@ -333,7 +333,8 @@ def test_render_prompt_with_chat_template():
 
 
 @pytest.mark.parametrize("template", ["Question:", "{question} {answer}", "{question} {", "{question}{question.foo}",
-                                      "{question}{question[0]}", "{question:>40}", "{question!r}{question}", "{question}{}"])
+                                      "{question}{question[0]}", "{question:>40}", "{question!r}{question}",
+                                      "{question}{}"])
 def test_bad_prompt_template_names_the_option(template):
     with pytest.raises(ValueError, match="data.prompt_template"):
         check_prompt_template(template)

@@ -196,7 +196,8 @@ BAD = [
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]},
      "the last assistant turn is empty"),
     ({"messages": [{"role": "user", "content": "q\ud800"}, {"role": "assistant", "content": "a"}]},
-     "messages[0] 'content' holds a lone surrogate '\\ud800' at character 2, not a character (a broken \\uXXXX escape?)"),
+     "messages[0] 'content' holds a lone surrogate '\\ud800' at character 2, not a character "
+     "(a broken \\uXXXX escape?)"),
 ]
 
 

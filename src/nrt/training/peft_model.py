@@ -88,8 +88,9 @@ def check_lora_targets(model, option: str, target_modules) -> None:
             raise AdapterError(f"{prefix}: {type(model).__name__} has no module named {target}")
         for name, module in matched.items():
             if name in (embed_name, head_name):
-                raise AdapterError(f"{prefix}: {target} is the model's {'input embedding' if name == embed_name else 'output layer'}"
-                                   f" ({name}), not a LoRA target: nrt trains its <|response_start|> row itself")
+                role = "input embedding" if name == embed_name else "output layer"
+                raise AdapterError(f"{prefix}: {target} is the model's {role} ({name}), not a LoRA target: "
+                                   "nrt trains its <|response_start|> row itself")
             if not isinstance(module, (torch.nn.Linear, Conv1D)):
                 raise AdapterError(f"{prefix}: {target} matches {name}, a {type(module).__name__}, not a linear layer; "
                                    "name linear layers (e.g. q_proj,v_proj) or give all-linear")
