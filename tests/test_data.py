@@ -123,6 +123,15 @@ def test_sources_name_the_place(tmp_path):
     assert [r.source for r in load_qa_records(pq)] == [f"{pq}: row 0", f"{pq}: row 1"]
 
 
+@pytest.mark.parametrize("content", [b"PAR1garbagePAR1", b"not parquet at all, no magic bytes"])
+def test_a_corrupt_parquet_is_one_error_and_nothing_on_stderr(content, tmp_path, capfd):
+    p = tmp_path / "bad.parquet"
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=at(p) + ": cannot read parquet file: "):
+        load_qa_records(p)
+    assert capfd.readouterr().err == ""  # datasets' reader logged a line of its own before raising
+
+
 def test_csv_multiline_value_names_its_first_line(tmp_path):
     p = tmp_path / "d.csv"
     p.write_text('question,answer\n"two\nlines",a\nq,""\n')

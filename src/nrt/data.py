@@ -165,11 +165,13 @@ def _csv_records(name: str, data: bytes) -> Iterator[tuple[str, Any]]:
         yield place, dict(zip(header, row))
 
 
-def _load_parquet(name: str):
-    import datasets  # deferred: importing datasets costs about a second
+def _load_parquet(name: str) -> list[dict]:
+    # pyarrow directly: datasets' from_parquet logs its own line for a bad file before raising,
+    # and copies the file into its cache
+    import pyarrow.parquet as pq
 
     try:
-        return datasets.Dataset.from_parquet(name)
+        return pq.read_table(name).to_pylist()
     except Exception as e:  # pyarrow raises several unrelated types for bad files
         raise DataError(f"{name}: cannot read parquet file: {_one_line(e)}") from None
 
@@ -190,9 +192,10 @@ def _load_saved_dataset(name: str):
     return ds
 
 
-def _rows(name: str, ds) -> Iterator[tuple[str, Any]]:
-    # to_list() converts in one Arrow call, much faster than indexing row by row.
-    for i, rec in enumerate(ds.to_list()):
+def _rows(name: str, rows) -> Iterator[tuple[str, Any]]:
+    """`rows`: a list of dicts, or a datasets Dataset (to_list() converts in one Arrow call, much
+    faster than indexing row by row)."""
+    for i, rec in enumerate(rows if isinstance(rows, list) else rows.to_list()):
         yield f"{name}: row {i}", rec
 
 
