@@ -55,3 +55,20 @@ def test_eval_cli_writes_a_json_report_and_rejects_unknown_tasks(tiny_model_dir,
     assert main(["eval", "--model", tiny_model_dir, "--bbh", "boolean_expressions", "--bbh-dir", str(bbh),
                  "--max-trace-tokens", "2", "--output", str(tmp_path / "b.json")]) == 0
     assert json.loads((tmp_path / "b.json").read_text())["summary"]["n"] == 1
+
+
+@pytest.mark.parametrize("command", ["eval", "probe"])
+def test_eval_and_probe_read_chat_records_as_train_does(command, tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "chat.jsonl"
+    chat = {"messages": [{"role": "system", "content": "Add."}, {"role": "user", "content": "1+2="},
+                         {"role": "assistant", "content": "3"}]}
+    data.write_text(json.dumps(chat) + "\n" + json.dumps({"question": "2+2=", "answer": "4"}) + "\n")
+    out = tmp_path / "report.json"
+    assert main([command, "--model", tiny_model_dir, "--data", str(data), "--max-trace-tokens", "2",
+                 "--output", str(out)] + (["--samples", "2"] if command == "probe" else [])) == 0, capsys.readouterr()
+    report = json.loads(out.read_text())
+    rows = report["examples"] if command == "eval" else next(iter(report["tasks"].values()))["examples"]
+    assert len(rows) == 2
+    assert main([command, "--model", tiny_model_dir, "--data", str(data), "--messages-field", "",
+                 "--output", str(tmp_path / "r2.json")]) == 2
+    assert "missing fields 'question' and 'answer'" in capsys.readouterr().err

@@ -150,6 +150,9 @@ def add_eval(sub) -> None:
     p.add_argument("--bbh-dir", default=None, help="BBH json directory (default: ../shared/data/bbh or $NRT_BBH_DIR)")
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
+    p.add_argument("--messages-field", default="messages", help="chat records' field, as data.messages_field")
+    p.add_argument("--split-special-tokens", action="store_true",
+                   help="read special-token text in the data as plain text, as data.split_special_tokens")
     p.add_argument("--prompt-template", default="{question}\n")
     p.add_argument("--limit", type=COUNT, default=None, help="evaluate the first N questions")
     p.add_argument("--max-trace-tokens", type=COUNT, default=128)
@@ -170,9 +173,9 @@ def run_eval(args) -> None:
     from nrt.outputs import check_output_file
 
     if args.bbh:
-        path, fields = bbh_file(args.bbh, args.bbh_dir), ("input", "target")
+        path, fields = bbh_file(args.bbh, args.bbh_dir), ("input", "target", None)
     else:
-        path, fields = Path(args.data), (args.question_field, args.answer_field)
+        path, fields = Path(args.data), (args.question_field, args.answer_field, args.messages_field or None)
     require_positive(args, ("limit", "max_trace_tokens", "max_answer_tokens", "batch_size"))
     refuse_adapter_dir(args.model)
     if args.model.endswith(".gguf"):
@@ -184,7 +187,8 @@ def run_eval(args) -> None:
     output = Path(args.output) if args.output else reports / f"{args.bbh or path.stem}.json"
     check_output_file(output, "eval report", inputs=[path])
     tokenizer = load_tokenizer(args.model)
-    records, examples, _ = read_examples(path, tokenizer, *fields, template=args.prompt_template, limit=args.limit)
+    records, examples, _ = read_examples(path, tokenizer, *fields, template=args.prompt_template, limit=args.limit,
+                                         split_special_tokens=args.split_special_tokens)
 
     from nrt.evaluation.evaluate import EvalConfig, evaluate, write_report
     from nrt.tokens import ensure_response_start_token

@@ -31,6 +31,9 @@ def add_probe(sub) -> None:
     p.add_argument("--bbh-dir", default=None, help="BBH json directory (default: ../shared/data/bbh or $NRT_BBH_DIR)")
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
+    p.add_argument("--messages-field", default="messages", help="chat records' field, as data.messages_field")
+    p.add_argument("--split-special-tokens", action="store_true",
+                   help="read special-token text in the data as plain text, as data.split_special_tokens")
     p.add_argument("--prompt-template", default="{question}\n", help="plain template when no chat template")
     p.add_argument("--think-prompt", default="",
                    help="text appended to each question on a new line, "
@@ -45,14 +48,15 @@ def add_probe(sub) -> None:
     p.set_defaults(func=run_probe)
 
 
-def task_files(args) -> list[tuple[str, Path, tuple[str, str]]]:
-    """(task name, file, (question field, answer field)) per task; fails on a missing file or task."""
+def task_files(args) -> list[tuple[str, Path, tuple[str, str, str | None]]]:
+    """(task name, file, (question field, answer field, messages field)) per task; fails on a missing
+    file or task."""
     if args.data:
         path = Path(args.data)
         if not path.exists():
             fail(f"--data {path}: no such file or directory")
-        return [(args.name or path.stem, path, (args.question_field, args.answer_field))]
-    return [(task, bbh_file(task, args.bbh_dir), ("input", "target")) for task in args.bbh]
+        return [(args.name or path.stem, path, (args.question_field, args.answer_field, args.messages_field or None))]
+    return [(task, bbh_file(task, args.bbh_dir), ("input", "target", None)) for task in args.bbh]
 
 
 def run_probe(args) -> None:
@@ -75,7 +79,8 @@ def run_probe(args) -> None:
     for name, path, fields in tasks:
         think = lambda records: with_think_prompt(records, args.think_prompt)  # noqa: E731
         records, examples, _ = read_examples(path, tokenizer, *fields, template=args.prompt_template,
-                                             limit=args.limit, prepare=think)
+                                             limit=args.limit, prepare=think,
+                                             split_special_tokens=args.split_special_tokens)
         data[name] = (path, records, examples)
 
     model = load_model(args.model).eval()
