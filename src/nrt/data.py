@@ -451,7 +451,7 @@ def tokenize_records(
         if where == "answer" and token == tokenizer.eos_token:
             raise DataError(f"{rec.source}: answer contains the end-of-sequence token {token!r} as text")
         hint = ("a chat template's prompt cannot hold it as plain text" if split_special_tokens else
-                "data.split_special_tokens=true (nrt eval, probe: --split-special-tokens) reads such text as plain text")
+                "data.split_special_tokens=true (nrt eval, probe: --split-special-tokens) reads it as plain text")
         raise DataError(f"{rec.source}: the {where} contains the special token {token!r} as text, which would "
                         f"be read as that control token ({hint})")
     prompt_ids = encode_prompts(tokenizer, [r.prompt for r in records], template, split_special_tokens)
