@@ -377,6 +377,22 @@ def test_a_checkpoint_write_failing_inside_torch_save_exits_6_in_one_line(tiny_m
 # ----------------------------------------------------------------------------- 4. signals
 
 
+@pytest.mark.parametrize("delay", [0.2, 0.8])
+def test_ctrl_c_while_the_command_imports_is_one_line_and_exit_130(delay, tiny_model_dir, sums_file, tmp_path):
+    import time
+
+    out = tmp_path / "out"
+    # a child of a background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen([sys.executable, "-m", "nrt", "train", "--model", tiny_model_dir, "--data", sums_file,
+                             "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)  # torch and transformers take seconds to import: the signal lands among the imports
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err == "nrt train: interrupted\n", err[-2000:]
+    assert not out.exists()
+
+
 def test_sigint_checkpoints_the_finished_step_and_exits_5_without_a_traceback(tiny_model_dir, sums_file, tmp_path,
                                                                                monkeypatch, capsys):
     from nrt.training.trainer import NRTTrainer
