@@ -561,3 +561,48 @@ def test_compare_reruns_a_run_and_its_evaluation_when_the_data_changes(tiny_mode
     assert json.loads((directory / "nrt_run.json").read_text())["data_digest"] == file_digest(sums_file)
     report = json.loads((directory / "eval" / "test.json").read_text())
     assert report["summary"]["n"] == 25
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--methods", ","], "--methods: names none"),
+    (["--methods", "sft,sft"], "--methods: sft given twice"),
+    (["--seeds", "0,0"], "--seeds: 0 given twice"),
+    (["--seeds", "-1"], "trainer.seed=-1"),
+    (["--eval", "t=EVAL"], "the evaluation set name 't' is given twice"),
+    (["--eval", "u=BAD"], "BAD:2: missing field 'answer'"),
+    (["--validation", "BAD"], "BAD:2: missing field 'answer'"),
+    (["--data", "BAD"], "BAD:2: missing field 'answer'"),
+])
+def test_compare_checks_methods_seeds_and_every_file_before_the_base_model_is_evaluated(
+        args, says, tiny_model_dir, sums_file, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1=", "answer": "2"}\n{"question": "2+2="}\n')
+    args = [a.replace("EVAL", sums_file).replace("BAD", str(bad)) for a in args]
+    says = says.replace("BAD", str(bad))
+    out = tmp_path / "c"
+    base = {"--model": tiny_model_dir, "--data": sums_file, "--methods": "sft", "--seeds": "0",
+            "--output-dir": str(out)}
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag in base:
+            base[flag] = value
+    extra = [a for f, v in zip(args[::2], args[1::2]) if f not in base for a in (f, v)]
+    code = main(["compare", *[a for kv in base.items() for a in kv], "--eval", f"t={sums_file}", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and says in err, err
+    assert not out.exists()
+
+
+def test_compare_evaluates_the_base_again_when_its_tokenizer_changes(tiny_model_dir, sums_file, tmp_path):
+    import shutil
+
+    from nrt.experiments.compare import model_digest
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    before = model_digest(base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    assert model_digest(base) != before
+    (base / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    assert len({before, model_digest(base)}) == 2 and model_digest(base) == model_digest(base)

@@ -68,12 +68,18 @@ def _hash(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# The files of a model directory that decide what it computes: weights, config, and the tokenizer
+# with its chat template (a template added later changes every prompt).
+MODEL_FILES = ("*.safetensors", "*.bin", "config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+               "vocab.*", "merges.txt", "chat_template.*", "*.jinja")
+
+
 def model_digest(model: str | Path) -> str:
-    """Contents of a local model's weights and config (file_digest of each), else its hub name."""
+    """Contents of a local model's weights, config and tokenizer files (file_digest of each), else its hub name."""
     from nrt.training.run_record import file_digest
 
     path = Path(model)
-    files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin"), path / "config.json"]) if path.is_dir() else []
+    files = sorted({f for pattern in MODEL_FILES for f in path.glob(pattern)}) if path.is_dir() else []
     files = [f for f in files if f.is_file()]
     return _hash([[f.name, file_digest(f)] for f in files]) if files else f"name:{model}"
 
@@ -167,9 +173,49 @@ def inputs_of(exp: Experiment) -> list:
     return [exp.base_model, exp.train_data, exp.validation_data, *(s.path for s in exp.eval_sets)]
 
 
+def check_experiment(exp: Experiment) -> None:
+    """Everything a comparison can get wrong, checked before it evaluates or writes anything: the
+    methods and seeds (known, none twice), the evaluation sets (names unique, files present), every
+    method's options, and the training, validation and evaluation records read as the runs will
+    read them. Raises ConfigError or DataError naming the option, file or line."""
+    from nrt.data import read_examples
+    from nrt.errors import ConfigError
+    from nrt.model_loading import load_tokenizer
+    from nrt.training.api import load_examples, resolve_config
+
+    for what, values in (("--methods", exp.methods), ("--seeds", exp.seeds)):
+        if not values:
+            raise ConfigError(f"{what}: names none")
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{what}: {', '.join(twice)} given twice (each run has one directory)")
+    names = [s.name for s in exp.eval_sets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--eval: the evaluation set name {twice[0]!r} is given twice (reports are kept by name)")
+    for s in exp.eval_sets:
+        if not s.name or "/" in s.name or s.name.startswith("."):
+            raise ConfigError(f"--eval {s.name}={s.path}: the name must be a plain file name")
+    configs = {}
+    for method in exp.methods:
+        for seed in exp.seeds:
+            validation = [f"data.eval_path={exp.validation_data}"] if exp.validation_data else []
+            overrides = [f"trainer.seed={seed}", *validation, *exp.overrides, *exp.method_overrides.get(method, [])]
+            configs[method, seed] = resolve_config(method, overrides=overrides, model=exp.base_model,
+                                                   data=exp.train_data, output_dir=str(run_directory(exp, method, seed)))
+    tokenizer = load_tokenizer(exp.base_model)
+    for config in {repr(c.data): c for c in configs.values()}.values():  # each distinct way of reading the data
+        load_examples(config, tokenizer)
+        if exp.validation_data:
+            load_examples(config, tokenizer, exp.validation_data)
+    for s in exp.eval_sets:
+        read_examples(s.path, tokenizer, s.question_field, s.answer_field)
+
+
 def run(exp: Experiment, log=print) -> dict:
     """Train and evaluate everything, then write the report; returns the summary."""
     summary: dict = {"runs": []}
+    check_experiment(exp)
     check_output_dir(exp.output_dir, "comparison", inputs=inputs_of(exp), resumable=True)
     mark_dir(Path(exp.output_dir), "comparison")
     if exp.include_base:
