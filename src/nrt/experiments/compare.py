@@ -104,6 +104,12 @@ def eval_key(exp: Experiment, s: EvalFile, model: str) -> str:
                   "max_trace_tokens": exp.max_trace_tokens, "max_answer_tokens": exp.max_answer_tokens})
 
 
+def run_overrides(exp: Experiment, method: str, seed: int) -> list[str]:
+    """The options of one run, after its method's preset: seed, validation set, the shared then the method's."""
+    validation = [f"data.eval_path={exp.validation_data}"] if exp.validation_data else []
+    return [f"trainer.seed={seed}", *validation, *exp.overrides, *exp.method_overrides.get(method, [])]
+
+
 def train(exp: Experiment, method: str, seed: int) -> dict:
     """Train one (method, seed) unless finished; returns its run_info."""
     from nrt.errors import CollapseStop
@@ -121,10 +127,8 @@ def train(exp: Experiment, method: str, seed: int) -> dict:
     directory.parent.mkdir(parents=True, exist_ok=True)
     key_path.write_text(key)
     resume = any(directory.glob("checkpoint-*"))
-    validation = [f"data.eval_path={exp.validation_data}"] if exp.validation_data else []
-    overrides = [f"trainer.seed={seed}", *validation, *exp.overrides, *exp.method_overrides.get(method, [])]
-    config = resolve_config(method, overrides=overrides, model=exp.base_model, data=exp.train_data,
-                            output_dir=str(directory))
+    config = resolve_config(method, overrides=run_overrides(exp, method, seed), model=exp.base_model,
+                            data=exp.train_data, output_dir=str(directory))
     tick = time.perf_counter()
     try:  # any other end (divergence, a signal, a full disk) propagates with its own exit code
         train_run(config, resume=resume)
@@ -199,10 +203,9 @@ def check_experiment(exp: Experiment) -> None:
     configs = {}
     for method in exp.methods:
         for seed in exp.seeds:
-            validation = [f"data.eval_path={exp.validation_data}"] if exp.validation_data else []
-            overrides = [f"trainer.seed={seed}", *validation, *exp.overrides, *exp.method_overrides.get(method, [])]
-            configs[method, seed] = resolve_config(method, overrides=overrides, model=exp.base_model,
-                                                   data=exp.train_data, output_dir=str(run_directory(exp, method, seed)))
+            configs[method, seed] = resolve_config(method, overrides=run_overrides(exp, method, seed),
+                                                   model=exp.base_model, data=exp.train_data,
+                                                   output_dir=str(run_directory(exp, method, seed)))
     tokenizer = load_tokenizer(exp.base_model)
     for config in {repr(c.data): c for c in configs.values()}.values():  # each distinct way of reading the data
         load_examples(config, tokenizer)
