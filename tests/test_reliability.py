@@ -482,21 +482,26 @@ def test_generate_with_an_empty_questions_file_is_a_one_line_error(tiny_model_di
     assert len(err.splitlines()) == 1 and "no questions in it" in err
 
 
-def test_a_chat_template_that_rejects_a_role_is_a_one_line_error(tiny_model_dir, sums_file, tmp_path, capsys):
+def test_a_chat_template_that_rejects_a_record_is_a_one_line_error_naming_it(tiny_model_dir, sums_file, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = tmp_path / "chat_model"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}"
+    # refuses a user turn whose text holds "7" (the sums file's 3rd question is "7+...")
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' and '7' in m['content'] %}"
                                "{{ raise_exception('Conversation roles must alternate system/assistant') }}"
-                               "{% endif %}{% endfor %}")
+                               "{% endif %}{{ m['content'] }}{% endfor %}")
     tokenizer.save_pretrained(model_dir)
     AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
+    capsys.readouterr()  # transformers' progress bars
     out = tmp_path / "out"
     assert train(str(model_dir), sums_file, out, "trainer.max_steps=1") == 2
     err = capsys.readouterr().err.strip()
+    first = next(i for i, line in enumerate(Path(sums_file).read_text().splitlines(), 1)
+                 if "7" in json.loads(line)["question"])
     assert len(err.splitlines()) == 1 and "roles must alternate" in err and not out.exists()
-    assert main(["generate", "--model", str(model_dir), "--question", "1+1="]) == 2
+    assert f"{sums_file}:{first}: the chat template cannot render this record" in err, err
+    assert main(["generate", "--model", str(model_dir), "--question", "1+7="]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "chat template rejected" in err
 

@@ -454,7 +454,7 @@ def tokenize_records(
                 "data.split_special_tokens=true (nrt eval, probe: --split-special-tokens) reads it as plain text")
         raise DataError(f"{rec.source}: the {where} contains the special token {token!r} as text, which would "
                         f"be read as that control token ({hint})")
-    prompt_ids = encode_prompts(tokenizer, [r.prompt for r in records], template, split_special_tokens)
+    prompt_ids = _encode_naming_the_record(tokenizer, records, template, split_special_tokens)
     # The answer is tokenised on its own, never together with a trace (NRT_SPEC section 3).
     answer_ids = _batch_ids(tokenizer, [r.answer for r in records], add_special_tokens=False,
                             split_special_tokens=split_special_tokens)
@@ -485,6 +485,23 @@ def tokenize_records(
             f"all {skipped} records are too long and were skipped (first: {first_skip})"
         )
     return examples, skipped
+
+
+def _encode_naming_the_record(tokenizer, records: list[QARecord], template: str, split_special_tokens: bool):
+    """encode_prompts over the records; a chat template that refuses one (a `raise_exception` on
+    roles it does not accept, a missing field) is a DataError naming that record's file and line."""
+    from jinja2 import TemplateError
+
+    try:
+        return encode_prompts(tokenizer, [r.prompt for r in records], template, split_special_tokens)
+    except TemplateError as error:
+        for rec in records:  # the batch failed: find the record, rendering one at a time
+            try:
+                render_prompt(tokenizer, rec.prompt, template)
+            except TemplateError as e:
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise DataError(f"{rec.source}: the chat template cannot render this record ({message})") from None
+        raise error
 
 
 def encode_prompts(
