@@ -482,7 +482,8 @@ def test_generate_with_an_empty_questions_file_is_a_one_line_error(tiny_model_di
     assert len(err.splitlines()) == 1 and "no questions in it" in err
 
 
-def test_a_chat_template_that_rejects_a_record_is_a_one_line_error_naming_it(tiny_model_dir, sums_file, tmp_path, capsys):
+def test_a_chat_template_that_rejects_a_record_is_a_one_line_error_naming_it(tiny_model_dir, sums_file, tmp_path,
+                                                                             capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = tmp_path / "chat_model"
