@@ -52,3 +52,58 @@ def test_stop_on_collapse_ends_the_run_and_keeps_the_last_healthy_checkpoint(tin
     # checkpoints of unhealthy steps are gone; the last healthy one survived the save limit
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     assert (out / "model.safetensors").read_bytes() == (out / "checkpoint-3" / "model.safetensors").read_bytes()
+
+
+def idle(step):  # a step where every trace was empty and every group's rewards equal
+    return {"step": step, "trace_length_mean": 0.0, "trace_entropy": 0.0, "empty_trace_share": 1.0,
+            "zero_std_group_share": 1.0}
+
+
+def test_nothing_to_reinforce_is_flagged_at_the_end_of_the_first_steps_and_only_then():
+    d = CollapseDetector(fraction=0.25, patience=1, reference_steps=3)
+    messages, flags = [], []
+    for s in (1, 2, 3, 4, 5):
+        messages.append(d.update(idle(s)))
+        flags.append((d.flag, d.unhealthy_since))
+    assert [bool(m) for m in messages] == [False, False, True, False, False]
+    assert "nothing to reinforce" in messages[2] and "nrt probe" in messages[2]
+    assert flags[2] == ("nothing_to_reinforce_detected", 1)  # the run had no healthy step
+    # one step with a sampled trace (or unequal rewards) among the first ones: no alarm
+    for thinking in ({"empty_trace_share": 0.5}, {"zero_std_group_share": 0.5}):
+        d = CollapseDetector(fraction=0.25, patience=1, reference_steps=3)
+        assert not any(d.update({**idle(s), **(thinking if s == 2 else {})}) for s in (1, 2, 3, 4, 5, 6))
+    # resumed from a checkpoint in the middle of the first steps, it counts on
+    d, e = CollapseDetector(reference_steps=3), CollapseDetector(reference_steps=3)
+    d.update(idle(1))
+    e.load_state_dict(d.state_dict())
+    assert e.update(idle(2)) is None and "nothing to reinforce" in e.update(idle(3))
+
+
+def test_a_model_that_never_thinks_raises_the_alarm_and_on_collapse_stop_ends_it_with_exit_3(
+        tiny_model_dir, sums_file, tmp_path, monkeypatch, capsys):
+    import json
+
+    from transformers import AutoTokenizer
+
+    import nrt.training.api as api
+    from nrt.commands.cli import main
+    from test_probe import biased_towards
+
+    eos = AutoTokenizer.from_pretrained(tiny_model_dir).eos_token_id
+    # eos first, always: every trace is empty (answered at once), every group's rewards are equal
+    monkeypatch.setattr(api, "load_model", lambda source, dtype=None: biased_towards(tiny_model_dir, eos, 100.0))
+    out = tmp_path / "out"
+    args = ["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out), "trainer.max_steps=8",
+            "trainer.max_completion_length=4", "trainer.per_device_train_batch_size=4", "trainer.num_generations=2",
+            "trainer.collapse_reference_steps=3"]
+    assert main(args + ["trainer.on_collapse=stop"]) == 3
+    err = capsys.readouterr().err
+    assert "nothing to reinforce: in each of the first 3 steps every trace was empty" in err
+    assert "trainer.format_warmup_steps" in err and "no model was written" in err
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1]["step"] == 3 and steps[-1]["nothing_to_reinforce_detected"] == 1.0
+    assert not (out / "model.safetensors").exists()
+    warned = tmp_path / "warned"
+    assert main(args[:6] + [str(warned)] + args[7:]) == 0  # on_collapse=warn: warned, and the run goes on
+    assert "warning: nothing to reinforce" in capsys.readouterr().out
+    assert (warned / "model.safetensors").exists()

@@ -137,7 +137,9 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
         raise StoppedBySignal(f"stopped by {trainer.stopped_by_signal} after step {trainer.step}; "
                               f"checkpoint-{trainer.step} saved in {out} (--resume continues)", result)
     if trainer.stopped_by_collapse:
-        raise CollapseStop(f"stopped: {trainer.stopped_by_collapse}; the last healthy checkpoint is kept in {out}",
-                           result)
+        kept = complete_checkpoints(out)
+        kept = (f"the last healthy checkpoint (checkpoint-{kept[-1]}) is kept as the run's model in {out}" if kept
+                else f"no healthy checkpoint, so no model was written in {out}")
+        raise CollapseStop(f"stopped: {trainer.stopped_by_collapse}; {kept}", result)
     return result
 

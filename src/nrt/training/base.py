@@ -332,7 +332,7 @@ class Trainer:
                 collapse = self.collapse.update(metrics) if watch else None
                 diverged = self.divergence.update(self.step, nonfinite)
                 if collapse:
-                    metrics["collapse_detected"] = 1.0
+                    metrics[self.collapse.flag] = 1.0
                 if self.step % t.logging_steps == 0 or self.step == self.total_steps or collapse or nonfinite:
                     logger.log(metrics)
                 logger.advance(metrics)
