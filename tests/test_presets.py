@@ -12,6 +12,7 @@ import torch
 
 from nrt.config import Config, set_option
 from nrt.loss import LossInputs, nrt_loss
+from nrt.advantages import ADVANTAGES
 from nrt.presets import PRESETS, preset_overrides
 from nrt.scoring import score_traces
 from nrt.shaping import EmaStdFilter
@@ -131,7 +132,8 @@ def test_policy_loss_gradient_of_each_preset(name, ratio, expected_weight):
 
 
 def test_every_preset_is_tested_and_unknown_names_get_a_suggestion():
-    assert set(PRESETS) == {"nrt", "nrt-ws-inverse-prob", "nrt-geometric-mean", "jlb", "verifree", "rlpr", "sft"}
+    assert set(PRESETS) == {"nrt", "nrt-ws-inverse-prob", "nrt-geometric-mean", "nrt-marginal", "jlb", "verifree",
+                            "rlpr", "sft"}
     with pytest.raises(ValueError, match="did you mean 'verifree'"):
         preset_overrides("verifre")
     assert config_of("sft").method.objective == "sft"
@@ -147,3 +149,58 @@ def test_answer_loss_off_is_a_choice_not_a_yaml_boolean(tmp_path):
     assert load_yaml(path).method.answer_loss == "off"
     with pytest.raises(ConfigError, match="answer_loss: True is not one of"):
         apply_overrides(Config(), ["method.answer_loss=yes"])  # no choice is spelled like True
+
+
+# ---------------------------------------------------------------- the marginal likelihood (nrt-marginal)
+
+
+@pytest.mark.parametrize("policy_loss", ["cispo", "reinforce", "ppo"])
+def test_marginal_preset_gradient_is_autograd_of_the_k_sample_log_mean_exp_in_float64(policy_loss):
+    """Two groups of K=3 traces with masked trace and answer tokens: the nrt-marginal loss's gradient
+    (on-policy, ratio 1) equals -(K / (B * normalizer)) x autograd of
+        sum_q log (1/K) sum_k exp(l_qk + s_qk - sg(s_qk)),
+    l = log p(y* | x, z_k) (answer tokens), s = log pi(z_k | x) (trace tokens): the marginal likelihood
+    with the traces held as samples, so that its gradient is sum_k w_k (grad s_k + grad l_k)."""
+    torch.manual_seed(0)
+    q, k, c, t = 2, 3, 4, 3
+    b = q * k
+    lp = (torch.rand(b, c, dtype=torch.float64) * -3).requires_grad_()
+    alp = (torch.rand(b, t, dtype=torch.float64) * -4).requires_grad_()
+    trace_mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]],
+                              dtype=torch.bool)
+    answer_mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    m = config_of("nrt-marginal").method
+    scores = score_traces(m, k, alp.detach(), answer_mask, torch.zeros(b, t, dtype=torch.float64),
+                          torch.ones(b, dtype=torch.bool))
+    inputs = LossInputs(lp, lp.detach(), trace_mask, scores.advantages.double(), torch.zeros(b, c), alp, answer_mask,
+                        scores.answer_weights.double())
+    out = nrt_loss(inputs, policy_loss=policy_loss, loss_normalizer=m.loss_normalizer)
+    got = torch.autograd.grad(out.loss, [lp, alp])
+
+    s = (lp * trace_mask).sum(1)
+    ell = (alp * answer_mask).sum(1)
+    objective = torch.logsumexp((ell + s - s.detach()).view(q, k), dim=1) - math.log(k)
+    want = torch.autograd.grad(-objective.sum() * k / (b * m.loss_normalizer), [lp, alp])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-12)  # the weights pass through float32
+    # the weights: K x posterior shares, never negative, mean 1 per group, and exact in float64
+    shares = torch.softmax(ell.detach().view(q, k), dim=1).flatten() * k
+    torch.testing.assert_close(ADVANTAGES["posterior"](ell.detach(), k), shares, rtol=0, atol=1e-15)
+    assert (scores.advantages >= 0).all() and scores.advantages.view(q, k).mean(1).sub(1).abs().max() < 1e-6
+
+
+def test_posterior_weights_refuse_a_shaped_or_other_reward():
+    from nrt.config import apply_overrides, validate_posterior
+    from nrt.errors import ConfigError
+
+    def check(name, override):
+        validate_posterior(apply_overrides(config_of(name), [override]).method)
+
+    check("nrt-marginal", "method.reward_baseline=none")
+    for override, option in (("method.aggregation=prob", "method.aggregation=log_prob"),
+                             ("method.format_reward_weight=0.1", "method.format_reward_weight=0.0"),
+                             ("method.reward_clip_min=0", "method.reward_clip_min=None")):
+        with pytest.raises(ConfigError, match=option):
+            check("nrt-marginal", override)
+    with pytest.raises(ConfigError, match="method.answer_loss=posterior"):
+        check("nrt", "method.answer_loss=posterior")

@@ -66,6 +66,20 @@ def rloo(rewards: torch.Tensor, k: int) -> torch.Tensor:
     return (g - others).flatten()
 
 
+@register_advantage("posterior")
+def posterior(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """A_k = K w_k, w_k = exp(R_k) / sum_j exp(R_j): each trace's posterior share within its group.
+
+    With R_k = log p(y* | x, z_k) (the log_prob aggregation) w_k = p(y*|x,z_k) / sum_j p(y*|x,z_j),
+    and -sum_k w_k (log pi(z_k|x) + log p(y*|x,z_k)) has the gradient of the K-sample marginal
+    likelihood log (1/K) sum_k p(y* | x, z_k) (z_k held as samples). Never negative; a trace that
+    leaves the answer unlikely gets a weight near 0. Times K, so that K equal traces get 1 each
+    (the fixed answer term's weight).
+    """
+    g = _groups(rewards, k)
+    return (k * torch.softmax(g, dim=1)).flatten()
+
+
 def normalize_token_signal(signal: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     """Centre and scale token signals [N, T] per group over the group's valid answer tokens.
 

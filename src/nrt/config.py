@@ -177,15 +177,16 @@ class MethodConfig:
     aggregation: Literal[
         "log_prob", "prob", "arithmetic_mean", "geometric_mean", "weighted_sum_inverse_prob", "weighted_sum_log_prob"
     ] = opt("weighted_sum_log_prob", "how per-token answer probabilities become a trace reward")
-    advantage: Literal["group_norm", "rloo"] = opt(
-        "group_norm", "advantage over a group of K traces: mean/std normalised, or leave-one-out (RLOO)"
+    advantage: Literal["group_norm", "rloo", "posterior"] = opt(
+        "group_norm", "advantage over a group of K traces: mean/std normalised, leave-one-out (RLOO), or K x the "
+        "trace's posterior share p(y*|x,z_k) / sum_j p(y*|x,z_j) (the marginal likelihood's; log_prob aggregation)"
     )
     policy_loss: Literal["cispo", "ppo", "reinforce"] = opt(
         "cispo", "trace term: CISPO clip (recipe), PPO clip, or plain REINFORCE"
     )
-    answer_loss: Literal["fixed", "derived", "off", "reward"] = opt(
+    answer_loss: Literal["fixed", "derived", "off", "reward", "posterior"] = opt(
         "fixed", "answer-term weights: fixed 1 (recipe), derived c_i*df/dc_i normalised per group, off, "
-        "or the trace reward (VeriFree)"
+        "the trace reward (VeriFree), or K x the trace's posterior share (the marginal likelihood's)"
     )
     trace_loss_coef: float = opt(1.0, "weight of the RL term on traces")
     prefix_loss_coef: float = opt(1.0, "weight of the <|response_start|> format term")
@@ -373,6 +374,7 @@ def validate(config: Config) -> None:
             raise ConfigError("model.lora_target_modules is empty; use 'all-linear' or module names like q_proj,v_proj")
     if t.use_vllm:
         validate_vllm(config)
+    validate_posterior(config.method)
     if t.format_warmup_steps and config.method.objective != "nrt":
         raise ConfigError("trainer.format_warmup_steps is for method.objective=nrt (an SFT run is all format)")
     if t.max_steps > 0 and t.format_warmup_steps >= t.max_steps:
@@ -380,6 +382,22 @@ def validate(config: Config) -> None:
                           f"trainer.max_steps={t.max_steps}")
     if t.max_steps == 0 or t.max_steps < -1 or (t.max_steps == -1 and t.num_train_epochs <= 0):
         raise ConfigError("trainer.max_steps must be positive, or -1 with trainer.num_train_epochs > 0")
+
+
+def validate_posterior(m: MethodConfig) -> None:
+    """The posterior weights (the marginal likelihood's) are shares of p(y* | x, z_k): they need the
+    reward to be log p(y* | x, z_k) itself, unshaped."""
+    uses = [f"method.{name}=posterior" for name in ("advantage", "answer_loss") if getattr(m, name) == "posterior"]
+    if not uses:
+        return
+    shaped = {"method.aggregation": (m.aggregation, "log_prob"), "method.reward_baseline": (m.reward_baseline, "none"),
+              "method.reward_clip_min": (m.reward_clip_min, None),
+              "method.format_reward_weight": (m.format_reward_weight, 0.0),
+              "method.std_filter_decay": (m.std_filter_decay, 0.0)}
+    for option, (value, needed) in shaped.items():
+        if value != needed:
+            raise ConfigError(f"{' and '.join(uses)} weighs traces by p(y*|x,z_k): it needs {option}={needed} "
+                              f"(got {value!r}); the nrt-marginal preset sets it")
 
 
 def validate_vllm(config: Config) -> None:

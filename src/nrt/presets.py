@@ -44,6 +44,15 @@ def nrt_geometric_mean() -> dict:
     return {**nrt(), "method.aggregation": "geometric_mean"}
 
 
+@register_preset("nrt-marginal")
+def nrt_marginal() -> dict:
+    """The latent-variable objective itself, log (1/K) sum_k p(y* | x, z_k): every trace, in the
+    trace term and the answer term, weighted by K x its posterior share p(y*|x,z_k) / sum_j p(y*|x,z_j)
+    (R = log p(y*|x,z), never negative); otherwise as `nrt`. Not a method of the paper."""
+    return {**nrt(), "method.aggregation": "log_prob", "method.advantage": "posterior",
+            "method.answer_loss": "posterior"}
+
+
 @register_preset("jlb")
 def jlb() -> dict:
     """JLB (and LaTRO / JEPO in their single-sample form): R = sum_i log c_i, leave-one-out

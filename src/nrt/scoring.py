@@ -5,7 +5,8 @@
     advantage   A_k over the group of K traces                (advantages.py)
     filter      A_k = 0 for groups under RLPR's std threshold prior methods only
     weights     w_ik of the answer term: 1 (fixed), normalised c_i df/dc_i (derived),
-                R_k (reward, VeriFree) or 0 (off)
+                R_k (reward, VeriFree), K x the trace's posterior share (posterior: the
+                marginal likelihood's) or 0 (off)
 
 Rows are group-major (q*K + k). A pure function of its inputs, so each preset's numbers can
 be checked on a hand-made batch.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nrt.advantages import ADVANTAGES, normalize_token_signal
+from nrt.advantages import ADVANTAGES, normalize_token_signal, posterior
 from nrt.rewards import aggregate
 from nrt.shaping import EmaStdFilter, debias_by_initial, mix_format_reward
 
@@ -74,6 +75,8 @@ def score_traces(
         weights = normalize_token_signal(token_signal, answer_mask, k).float()
     elif m.answer_loss == "reward":
         weights = raw.float()[:, None] * mask
+    elif m.answer_loss == "posterior":  # raw = log p(y* | x, z_k): config requires the log_prob aggregation
+        weights = posterior(raw, k).float()[:, None] * mask
     else:
         weights = torch.zeros_like(mask)
     return TraceScores(reward, raw, advantages.float(), weights, group_std, kept)

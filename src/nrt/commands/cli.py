@@ -52,7 +52,7 @@ def add_train(sub) -> None:
     p.add_argument("--data", help="Q&A data file or datasets directory (data.path)")
     p.add_argument("--output-dir", help="where results go (trainer.output_dir)")
     p.add_argument("--method", help="preset applied first: nrt (default), nrt-ws-inverse-prob, nrt-geometric-mean, "
-                   "jlb, verifree, rlpr, sft")
+                   "nrt-marginal, jlb, verifree, rlpr, sft")
     p.add_argument("--config", help="YAML file of options, applied before the overrides")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
     p.set_defaults(func=run_train, accepts_overrides=True)
