@@ -361,7 +361,7 @@ class Trainer:
                 if stopping:
                     self.stopped_by_signal = stopping
                     return
-        self.run_dir.save_final(self.model, self.tokenizer, self.config)
+        self.run_dir.save_final(self.model, self.tokenizer, self.config, self.step)
 
     def agreed_stop(self, stop: StopSignal) -> str | None:
         """The signal received by any process (all stop at the same step), or None."""
