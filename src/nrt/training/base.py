@@ -300,8 +300,8 @@ class Trainer:
         (stopped_by_signal, after checkpointing the last finished step)."""
         if resume and not self.run_dir.checkpoints():  # claimed, but killed before its first checkpoint
             resume = False
-        changes = self.run_dir.start(self.config, fresh=not resume)
-        try:
+        try:  # a start refused after the directory is locked (a resume's checks) releases it too
+            changes = self.run_dir.start(self.config, fresh=not resume)
             if resume:
                 self.step = self.run_dir.resume(self.model, self.optimizer, self.scheduler)
                 self.run_dir.record_resume(self.step, changes)

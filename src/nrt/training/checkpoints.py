@@ -134,7 +134,7 @@ class RunDirectory:
         """Claim and lock the directory and write the resolved config. A fresh start refuses a
         directory that is not empty and not an nrt run, or that holds finished checkpoints, and
         clears what an unfinished earlier start left; a resume refuses option changes outside
-        run_record.RESUMABLE. Returns the option changes a resume applies."""
+        run_record.RESUMABLE and a damaged newest checkpoint. Returns the option changes a resume applies."""
         changes = {}
         if self.is_main:
             check_output_dir(self.path, resume=not fresh)
@@ -146,6 +146,7 @@ class RunDirectory:
                 self.metrics_path.write_text("")
             else:
                 changes = resume_changes(self.path, config)
+                check_resumable(self.path)  # before config.yaml is rewritten
             atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.accelerator.wait_for_everyone()
         return changes
@@ -267,7 +268,6 @@ class RunDirectory:
         found = self.checkpoints()
         if not found:
             raise ResumeError(f"{self.path}: no checkpoint-N directory to resume from")
-        check_resumable(self.path)
         step, path = found[-1]
         try:
             if self._trainable_only(model):  # the frozen base weights are not in the checkpoint
