@@ -46,7 +46,7 @@ class ResumeError(RunDirectoryError):
 
 
 class WriteError(OSError):
-    """A save that failed part-way (a full disk): what torch.save and safetensors raise, as an OSError."""
+    """A save that failed part-way (a full disk): what torch.save, safetensors and tokenizers raise, as an OSError."""
 
 
 def is_writer_failure(error: Exception) -> bool:
