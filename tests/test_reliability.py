@@ -5,6 +5,7 @@ option on resume, unreadable inputs, and compare reusing results made from other
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,17 +240,25 @@ def test_output_dir_of_the_base_model_or_of_user_files_is_refused_untouched(tiny
     assert json.loads((empty / "nrt_run.json").read_text())["nrt_run"] == 1
 
 
-def test_a_directory_left_by_a_kill_during_the_first_checkpoint_is_accepted(tiny_model_dir, sums_file, tmp_path):
-    out = tmp_path / "out"
-    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=1") == 0
-    # what a kill inside the first checkpoint's write leaves: the claimed run and a .tmp checkpoint
+def as_killed_in_the_first_checkpoint(out: Path) -> None:
+    """Make a finished one-step run what a kill inside its first checkpoint's write leaves: the claimed
+    run (its record not finished) and a .tmp checkpoint."""
     for item in out.iterdir():
         if item.name not in ("nrt_run.json", "config.yaml", "metrics.jsonl", "checkpoint-1"):
             item.unlink() if item.is_file() else None
     (out / "checkpoint-1").rename(out / "checkpoint-1.tmp")
+    record = json.loads((out / "nrt_run.json").read_text())
+    record.pop("finished", None)
+    (out / "nrt_run.json").write_text(json.dumps(record))
+
+
+def test_a_directory_left_by_a_kill_during_the_first_checkpoint_is_accepted(tiny_model_dir, sums_file, tmp_path):
+    out = tmp_path / "out"
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=1") == 0
+    as_killed_in_the_first_checkpoint(out)
     assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=1", resume=True) == 0
     assert [m["step"] for m in metrics_of(out)] == [1]
-    (out / "checkpoint-1").rename(out / "checkpoint-1.tmp")
+    as_killed_in_the_first_checkpoint(out)
     assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=1") == 0  # and a new run into it
     assert [m["step"] for m in metrics_of(out)] == [1] and not (out / "checkpoint-1.tmp").exists()
 
@@ -372,6 +381,152 @@ def test_a_checkpoint_write_failing_inside_torch_save_exits_6_in_one_line(tiny_m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "writing checkpoint-1.tmp: [enforce fail" in err
     assert "no checkpoint was completed" in err and not list(out.glob("checkpoint-*[0-9]"))
+
+
+def no_tmp_left(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*.tmp"))
+
+
+WRITER_FAILURES = {
+    "OSError": OSError(errno.ENOSPC, "No space left on device"),
+    "tokenizers": Exception("No space left on device (os error 28)"),  # what tokenizers raises on a full disk
+}
+
+
+@pytest.mark.parametrize("error", WRITER_FAILURES, ids=list(WRITER_FAILURES))
+@pytest.mark.parametrize("save", ["checkpoint", "final"])
+def test_a_save_failing_mid_write_leaves_no_tmp_and_the_earlier_checkpoints(save, error, tiny_model_dir, sums_file,
+                                                                            tmp_path, monkeypatch, capsys):
+    from transformers import PreTrainedTokenizerBase
+
+    # the model's weights are written into the .tmp directory, then the tokenizer's save fails
+    real, calls = PreTrainedTokenizerBase.save_pretrained, {"n": 0}
+
+    def fails_on_the_second_save(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise WRITER_FAILURES[error]
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", fails_on_the_second_save)
+    out = tmp_path / "out"
+    steps = ["trainer.max_steps=3", "trainer.save_steps=1"] if save == "checkpoint" else \
+        ["trainer.max_steps=2", "trainer.save_steps=2"]
+    assert train(tiny_model_dir, sums_file, out, *steps) == 6
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err and str(out) in err, err
+    assert no_tmp_left(out) == []
+    kept = "checkpoint-1" if save == "checkpoint" else "checkpoint-2"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [kept] and f"{kept} is the newest" in err
+    assert json.loads((out / kept / "trainer_state.json").read_text())["step"] == int(kept.split("-")[1])
+    assert (out / kept / "training_state" / "optimizer.bin").is_file()
+    monkeypatch.undo()
+    assert train(tiny_model_dir, sums_file, out, *steps, resume=True) == 0
+    assert no_tmp_left(out) == [] and (out / "model.safetensors").is_file()
+
+
+def test_a_programming_error_inside_a_save_is_not_a_write_failure(tiny_model_dir, sums_file, tmp_path, monkeypatch):
+    from nrt.training.checkpoints import RunDirectory
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug, not a full disk")
+
+    monkeypatch.setattr(RunDirectory, "_save_model", broken)
+    out = tmp_path / "out"
+    with pytest.raises(TypeError, match="a bug"):
+        train(tiny_model_dir, sums_file, out, "trainer.max_steps=1")
+    assert no_tmp_left(out) == []
+
+
+# ----------------------------------------------------------------------------- 10. resume of a damaged or finished run
+
+
+def untouched(directory: Path) -> dict:
+    """Every file's bytes and modification time (a lock taken rewrites .nrt.lock with the same pid)."""
+    return {name: (data, (directory / name).stat().st_mtime_ns) for name, data in snapshot(directory).items()}
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+CORRUPT = {"config.yaml": "[1, 2]\n", "nrt_run.json": '{"nrt_run": 1, "sta'}
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+@pytest.mark.parametrize("name", ["config.yaml", "nrt_run.json"])
+def test_resume_refuses_a_deleted_or_corrupt_run_file_by_name(name, damage, tiny_model_dir, sums_file, tmp_path,
+                                                             capsys):
+    out = tmp_path / "out"
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=1") == 0
+    if damage == "deleted":
+        (out / name).unlink()
+    else:
+        (out / name).write_text(CORRUPT[name])
+    before = snapshot(out)
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=2", "trainer.learning_rate=0.01",
+                 resume=True) == 2
+    err = one_line_error(capsys)
+    assert str(out / name) in err and ("is missing" if damage == "deleted" else "is not") in err, err
+    assert snapshot(out) == before  # not rewritten, nothing else touched
+
+
+def test_a_checkpoint_missing_its_optimizer_state_is_refused_as_damaged(tiny_model_dir, sums_file, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "out"
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=2", "trainer.save_steps=1") == 0
+    (out / "checkpoint-2" / "training_state" / "optimizer.bin").unlink()
+    before = snapshot(out)
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=3", "trainer.save_steps=1", resume=True) == 2
+    err = one_line_error(capsys)
+    assert f"{out / 'checkpoint-2'}: damaged checkpoint" in err and "training_state/optimizer.bin" in err, err
+    assert "remove it to resume from checkpoint-1" in err
+    assert snapshot(out) == before
+
+    (out / "checkpoint-1" / "training_state" / "scheduler.bin").unlink()  # no complete one left
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=3", "trainer.save_steps=1", resume=True) == 2
+    err = one_line_error(capsys)
+    assert "checkpoint-2: damaged checkpoint" in err and "no complete checkpoint to resume from" in err, err
+
+
+def test_resume_knows_the_training_file_by_its_contents_not_its_spelling(tiny_model_dir, sums_file, tmp_path,
+                                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert train(tiny_model_dir, "sums.jsonl", out, "trainer.max_steps=1") == 0
+    assert train(tiny_model_dir, str(tmp_path / "sums.jsonl"), out, "trainer.max_steps=2", resume=True) == 0
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(sums_file)
+    assert train(tiny_model_dir, str(link), out, "trainer.max_steps=3", resume=True) == 0
+    assert [m["step"] for m in metrics_of(out)] == [1, 2, 3]
+    capsys.readouterr()
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(Path(sums_file).read_text() + '{"question": "1+1=", "answer": "2"}\n')
+    assert train(tiny_model_dir, str(other), out, "trainer.max_steps=4", resume=True) == 2
+    assert "changed since the run started" in one_line_error(capsys)
+
+
+def test_a_finished_run_without_its_checkpoints_is_refused_and_resume_has_nothing_to_do(
+        tiny_model_dir, sums_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=2") == 0
+    assert json.loads((out / "nrt_run.json").read_text())["finished"]["step"] == 2
+    for checkpoint in out.glob("checkpoint-*"):  # what `make real` does with a finished run
+        shutil.rmtree(checkpoint)
+    before = untouched(out)
+    capsys.readouterr()
+
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=2") == 2
+    err = one_line_error(capsys)
+    assert f"--output-dir {out}: holds a finished run" in err, err
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=2", resume=True) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert train(tiny_model_dir, sums_file, out, "trainer.max_steps=3", resume=True) == 2  # cannot go on
+    assert "trainer.max_steps (2 -> 3)" in one_line_error(capsys)
+    assert untouched(out) == before
 
 
 # ----------------------------------------------------------------------------- 4. signals

@@ -1,6 +1,7 @@
 """Resume: a run stopped after step N and resumed logs the same metrics as the uninterrupted run."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -52,3 +53,24 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_model_dir, s
     b = load_file(out_b / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_library_resume_refuses_a_damaged_checkpoint_or_a_finished_run_before_writing(tiny_model_dir, sums_file,
+                                                                                       tmp_path):
+    """Trainer.train(resume=True), not through nrt.train: the same refusals, with the directory untouched."""
+    from nrt.errors import RunDirectoryError
+
+    options = dict(trainer__max_steps=2, trainer__save_steps=1)
+    make_trainer(tiny_model_dir, sums_file, tmp_path, **options).train()
+    out = tmp_path / "out"
+    (out / "checkpoint-2" / "training_state" / "random_states_0.pkl").unlink()  # accelerate would go on without
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".nrt.lock"}
+    longer = make_trainer(tiny_model_dir, sums_file, tmp_path, trainer__max_steps=3, trainer__save_steps=1)
+    with pytest.raises(RunDirectoryError, match="checkpoint-2: damaged checkpoint, training_state/random_states_0"):
+        longer.train(resume=True)
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    with pytest.raises(RunDirectoryError, match="holds a finished run \\(step 2\\)"):  # not a fresh start over it
+        make_trainer(tiny_model_dir, sums_file, tmp_path, **options).train(resume=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".nrt.lock"} == {
+        p: data for p, data in before.items() if "checkpoint-" not in str(p)}

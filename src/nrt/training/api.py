@@ -25,7 +25,9 @@ from nrt.errors import CollapseStop, ConfigError, Diverged, StoppedBySignal, Wri
 from nrt.model_loading import ModelSource, check_model_fits, load_config, load_model, load_tokenizer
 from nrt.presets import preset_overrides
 from nrt.training.base import EvalSet, Trainer
-from nrt.training.run_record import check_output_dir, complete_checkpoints, resume_changes
+from nrt.training.checkpoints import check_resumable
+from nrt.training.run_record import (a_finished_run, check_output_dir, complete_checkpoints, finished_resume,
+                                     resume_changes)
 
 
 @dataclass
@@ -73,6 +75,12 @@ def load_examples(config: Config, tokenizer, path=None) -> tuple[list[TokenizedE
     return examples, [r.answer for r in records if r.source in kept], skipped
 
 
+def write_failure(error: OSError) -> str:
+    """What failed, in a few words: the error and the file it names, if any."""
+    reason = error.strerror or str(error)
+    return f"{reason} ({error.filename})" if error.strerror and error.filename else reason
+
+
 def make_trainer(config: Config, model, tokenizer, examples, eval_set=None, **kwargs) -> Trainer:
     """The trainer of `method.objective`: NRT (traces) or the SFT baseline."""
     if config.method.objective == "sft":
@@ -90,7 +98,14 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
     out = Path(config.trainer.output_dir)
     # read-only checks, before anything loads
     check_output_dir(out, resume, config.model.model_name_or_path, inputs=[config.data.path, config.data.eval_path])
-    changes = resume_changes(out, config) if resume else {}
+    finished = finished_resume(out, config) if resume else None
+    if finished is not None:  # its final model is written and its checkpoints are gone: nothing to go on from
+        log(f"--resume: {out} holds {a_finished_run(finished)} and no checkpoint to go on from; nothing to do")
+        return RunResult(out, finished["step"] or 0, None, None, None)
+    resuming = resume and bool(complete_checkpoints(out))  # else a run killed before its first checkpoint
+    changes = resume_changes(out, config) if resuming else {}
+    if resuming:
+        check_resumable(out)
     source = ModelSource.from_config(config.model)
     tokenizer = load_tokenizer(source)
     examples, _, skipped = load_examples(config, tokenizer)
@@ -126,8 +141,8 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
         kept = complete_checkpoints(out)
         kept = (f"checkpoint-{kept[-1]} is the newest complete checkpoint (--resume continues from it)" if kept
                 else "no checkpoint was completed")
-        raise WriteFailed(f"writing to {out} failed at step {trainer.step}: "
-                          f"{failed_write.strerror or failed_write}; {kept}", result)
+        raise WriteFailed(f"writing to {out} failed at step {trainer.step}: {write_failure(failed_write)}; {kept}",
+                          result)
     if trainer.stopped_by_divergence:
         kept = complete_checkpoints(out)
         kept = f"checkpoint-{kept[-1]} is the newest kept checkpoint" if kept else "no checkpoint is kept"

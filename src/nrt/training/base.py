@@ -300,8 +300,8 @@ class Trainer:
         (stopped_by_signal, after checkpointing the last finished step)."""
         if resume and not self.run_dir.checkpoints():  # claimed, but killed before its first checkpoint
             resume = False
-        changes = self.run_dir.start(self.config, fresh=not resume)
-        try:
+        try:  # a start refused after the directory is locked (a resume's checks) releases it too
+            changes = self.run_dir.start(self.config, fresh=not resume)
             if resume:
                 self.step = self.run_dir.resume(self.model, self.optimizer, self.scheduler)
                 self.run_dir.record_resume(self.step, changes)
@@ -361,7 +361,7 @@ class Trainer:
                 if stopping:
                     self.stopped_by_signal = stopping
                     return
-        self.run_dir.save_final(self.model, self.tokenizer, self.config)
+        self.run_dir.save_final(self.model, self.tokenizer, self.config, self.step)
 
     def agreed_stop(self, stop: StopSignal) -> str | None:
         """The signal received by any process (all stop at the same step), or None."""

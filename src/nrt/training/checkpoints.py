@@ -12,8 +12,14 @@
 
 A checkpoint is written to `checkpoint-N.tmp` and renamed when complete, so an interrupted
 save never leaves a checkpoint that looks valid; the final model's files are written aside
-and renamed into place one by one. Weights are checked before every save (guards.py). The
-directory is claimed and locked for the run's duration (run_record.py).
+and renamed into place one by one. A save that fails (a full disk, any exception) removes its
+`.tmp` directory before the error goes on; a writer's failure is a WriteError naming what it
+wrote. Weights are checked before every save (guards.py). The directory is claimed and locked
+for the run's duration (run_record.py); the record says when the run finished.
+
+A resume continues from the newest checkpoint only when it holds every part of the training
+state (missing_state); a damaged one is refused naming the missing file and the previous complete
+checkpoint, and nothing is removed.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import yaml
 
 from nrt.training.guards import check_weights
 from nrt.training.run_record import (RunDirectoryError, RunLock, atomic_write_text, check_output_dir,
-                            record_resume, resume_changes, write_record)
+                                     complete_checkpoints, record_finished, record_resume, resume_changes,
+                                     write_record)
 from nrt.training.peft_model import is_peft_model, keeps_whole_state, register_trainable_only_state, save_adapter
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -39,19 +46,68 @@ class ResumeError(RunDirectoryError):
 
 
 class WriteError(OSError):
-    """A save that failed part-way (a full disk): what torch.save and safetensors raise, as an OSError."""
+    """A save that failed part-way (a full disk): what torch.save, safetensors and tokenizers raise, as an OSError."""
+
+
+def is_writer_failure(error: Exception) -> bool:
+    """What the writers of a save raise when a write fails, besides OSError: torch.save a RuntimeError
+    ("unexpected pos"), safetensors a SafetensorError ("I/O error: ..."), tokenizers a plain Exception
+    ("No space left on device (os error 28)"). A subclass of Exception that is none of these (a
+    TypeError, a KeyError) is a programming error and stays one."""
+    from safetensors import SafetensorError
+
+    return isinstance(error, (RuntimeError, SafetensorError)) or type(error) is Exception
 
 
 @contextmanager
-def writing(what: str):
-    from safetensors import SafetensorError
-
+def saving(tmp: Path, what: str, is_main: bool):
+    """Around a save written into the directory `tmp`: on any failure (a full disk, an exception, an
+    interrupt) the main process removes `tmp`, so no `.tmp` directory outlives a failed save and the
+    earlier checkpoints stay as they were; a writer's failure goes on as a WriteError naming `what`,
+    anything else as it was."""
     try:
         yield
-    except OSError:
+    except BaseException as e:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and not isinstance(e, OSError) and is_writer_failure(e):
+            raise WriteError(f"writing {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         raise
-    except (RuntimeError, SafetensorError) as e:  # torch.save: "unexpected pos"; safetensors: "I/O error: ..."
-        raise WriteError(f"writing {what}: {str(e).splitlines()[0]}") from e
+
+
+# training_state/ as accelerate.save_state writes it, by name prefix (FSDP's sharded state writes
+# directories of the same prefixes) -> the name a single-process or DDP run gives it
+TRAINING_STATE = {("model", "pytorch_model"): "model.safetensors", ("optimizer",): "optimizer.bin",
+                  ("scheduler",): "scheduler.bin", ("random_states_",): "random_states_0.pkl",
+                  ("custom_checkpoint_",): "custom_checkpoint_0.pkl"}
+
+
+def missing_state(checkpoint: Path) -> list[str]:
+    """The parts of the training state absent from a checkpoint-N directory (paths relative to it);
+    [] when complete. Without them accelerate's load_state fails part-way (an optimizer), or goes on
+    silently with other values (random states)."""
+    state = Path(checkpoint) / "training_state"
+    if not state.is_dir():
+        return ["training_state/"]
+    names = [p.name for p in state.iterdir()]
+    return [f"training_state/{usual}" for prefixes, usual in TRAINING_STATE.items()
+            if not any(name.startswith(prefixes) for name in names)]
+
+
+def check_resumable(path: Path) -> None:
+    """Refuse a resume whose newest checkpoint is damaged (ResumeError naming the checkpoint, what it
+    lacks, and the newest complete one before it); reads only: the user decides what to remove."""
+    found = [Path(path) / f"checkpoint-{step}" for step in complete_checkpoints(path)]
+    if not found:
+        return
+    newest = found[-1]
+    missing = missing_state(newest)
+    if not missing:
+        return
+    earlier = next((p.name for p in reversed(found[:-1]) if not missing_state(p)), None)
+    offer = (f"remove it to resume from {earlier}" if earlier else
+             "there is no complete checkpoint to resume from; start a new run (a checkpoint can be its --model)")
+    raise ResumeError(f"--resume: {newest}: damaged checkpoint, {', '.join(missing)} is missing; {offer}")
 
 
 class RunDirectory:
@@ -78,7 +134,7 @@ class RunDirectory:
         """Claim and lock the directory and write the resolved config. A fresh start refuses a
         directory that is not empty and not an nrt run, or that holds finished checkpoints, and
         clears what an unfinished earlier start left; a resume refuses option changes outside
-        run_record.RESUMABLE. Returns the option changes a resume applies."""
+        run_record.RESUMABLE and a damaged newest checkpoint. Returns the option changes a resume applies."""
         changes = {}
         if self.is_main:
             check_output_dir(self.path, resume=not fresh)
@@ -90,6 +146,7 @@ class RunDirectory:
                 self.metrics_path.write_text("")
             else:
                 changes = resume_changes(self.path, config)
+                check_resumable(self.path)  # before config.yaml is rewritten
             atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.accelerator.wait_for_everyone()
         return changes
@@ -115,14 +172,15 @@ class RunDirectory:
         if self._trainable_only(model) and not self._hooked:
             register_trainable_only_state(self.accelerator, model)
             self._hooked = True
-        with writing(tmp.name):
+        with saving(tmp, tmp.name, self.is_main):
             self.accelerator.save_state(str(tmp / "training_state"))
             self._save_model(tmp, model, tokenizer, config, step)
-        self.accelerator.wait_for_everyone()
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                if final.exists():
+                    shutil.rmtree(final)
+                tmp.rename(final)
         if self.is_main:
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
             limit = config.trainer.save_total_limit
             found = self.checkpoints()
             protected = None
@@ -140,27 +198,30 @@ class RunDirectory:
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        with writing(tmp.name):
+        with saving(tmp, tmp.name, self.is_main):
             self._save_model(tmp, model, tokenizer, config, step)
-        if self.is_main:
-            if best.exists():
-                shutil.rmtree(best)
-            tmp.rename(best)
+            if self.is_main:
+                if best.exists():
+                    shutil.rmtree(best)
+                tmp.rename(best)
         self.accelerator.wait_for_everyone()
 
-    def save_final(self, model, tokenizer, config) -> None:
-        """The final model in output_dir: written to output_dir/.final.tmp, then each file renamed in."""
+    def save_final(self, model, tokenizer, config, step: int) -> None:
+        """The final model in output_dir: written to output_dir/.final.tmp, then each file renamed in;
+        then the run record says the run finished at `step`."""
         check_weights(self.accelerator.unwrap_model(model).named_parameters(), "the final model")
         tmp = self.path / ".final.tmp"
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        with writing("the final model"):
+        with saving(tmp, "the final model", self.is_main):
             self._save_model(tmp, model, tokenizer, config, step=None)
+            if self.is_main:
+                for item in sorted(tmp.iterdir()):
+                    item.replace(self.path / item.name)
+                tmp.rmdir()
         if self.is_main:
-            for item in sorted(tmp.iterdir()):
-                item.replace(self.path / item.name)
-            tmp.rmdir()
+            record_finished(self.path, step)
         self.accelerator.wait_for_everyone()
 
     def drop_checkpoints_from(self, step: int) -> Path | None:
@@ -208,10 +269,13 @@ class RunDirectory:
         if not found:
             raise ResumeError(f"{self.path}: no checkpoint-N directory to resume from")
         step, path = found[-1]
-        if self._trainable_only(model):  # the frozen base weights are not in the checkpoint
-            self.accelerator.load_state(str(path / "training_state"), strict=False)
-        else:
-            self.accelerator.load_state(str(path / "training_state"))
+        try:
+            if self._trainable_only(model):  # the frozen base weights are not in the checkpoint
+                self.accelerator.load_state(str(path / "training_state"), strict=False)
+            else:
+                self.accelerator.load_state(str(path / "training_state"))
+        except FileNotFoundError as e:  # a part missing_state does not know (another process's random states)
+            raise ResumeError(f"--resume: {path}: damaged checkpoint, {e.filename or e} is missing") from None
         if self.is_main and self.metrics_path.exists():
             kept = [line for line in metrics_lines(self.metrics_path) if json.loads(line)["step"] <= step]
             atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
