@@ -45,6 +45,25 @@ def test_generate_prints_trace_and_answer(tiny_model_dir, capsys):
     assert "trace:" in printed and "answer:" in printed and "1+2=" in printed
 
 
+def test_generate_answers_after_a_trace_that_never_emits_the_marker_and_raw_does_not(tiny_model_dir, monkeypatch,
+                                                                                      capsys):
+    import nrt.model_loading
+    from test_probe import biased_towards
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    token = tokenizer.convert_tokens_to_ids("7")  # the model writes 7s, never <|response_start|> nor eos
+    monkeypatch.setattr(nrt.model_loading, "load_model", lambda source, dtype=None: biased_towards(tiny_model_dir,
+                                                                                                  token, 100.0))
+    args = ["generate", "--model", tiny_model_dir, "--question", "1+2=", "--max-trace-tokens", "4",
+            "--max-answer-tokens", "3"]
+    assert main(args) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines() if ":" in line)
+    assert lines["trace"].strip() == f"7777  [no {RESPONSE_START}: appended]" and lines["answer"].strip() == "777"
+    assert main(args + ["--raw"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines() if ":" in line)
+    assert lines["trace"].strip() == f"7777  [no {RESPONSE_START}: raw]" and lines["answer"].strip() == ""
+
+
 def test_train_help_lists_every_option_with_its_default():
     result = subprocess.run([sys.executable, "-m", "nrt", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0

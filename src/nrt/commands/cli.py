@@ -90,6 +90,8 @@ def add_generate(sub) -> None:
     p.add_argument("--max-answer-tokens", type=COUNT, default=128)
     p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="trace sampling temperature (0: greedy)")
     p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--raw", action="store_true", help="no <|response_start|> appended to a trace that ended at eos "
+                   "or its limit (training appends it and answers after it, as generate does by default)")
     p.set_defaults(func=run_generate)
 
 
@@ -129,11 +131,11 @@ def run_generate(args) -> None:
     results = think_then_answer(
         model, prompts, response_start_id=rs, eos_id=tokenizer.eos_token_id, pad_id=pad_token_id(tokenizer),
         max_trace_tokens=args.max_trace_tokens, max_answer_tokens=args.max_answer_tokens,
-        temperature=args.temperature, seed=args.seed,
+        temperature=args.temperature, seed=args.seed, append_marker=not args.raw,
     )
     for question, r in zip(questions, results):
         print(f"question: {question}")
-        cut = "" if r.emitted_response_start else f"  [no {RESPONSE_START}]"
+        cut = "" if r.emitted_response_start else f"  [no {RESPONSE_START}: {'raw' if args.raw else 'appended'}]"
         print(f"trace:    {tokenizer.decode(r.trace_ids)}{cut}")
         print(f"answer:   {tokenizer.decode(r.answer_ids)}\n")
 

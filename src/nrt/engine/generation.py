@@ -30,11 +30,14 @@ def think_then_answer(
     temperature: float = 0.0,
     seed: int = 0,
     force_trace: bool = False,
+    append_marker: bool = True,
 ) -> list[ThoughtAnswer]:
     """Write a trace (greedy when temperature is 0) until `<|response_start|>`, then a greedy answer.
 
-    A trace that ends in eos or at its limit gets `<|response_start|>` appended, as in training.
-    `force_trace` forbids an immediate `<|response_start|>` so the model must write a trace.
+    A trace that ends in eos or at its limit gets `<|response_start|>` appended, as in training,
+    and is answered after it. `append_marker=False` is the raw behaviour: such a trace is the
+    model's whole output and its answer is empty. `force_trace` forbids an immediate
+    `<|response_start|>` so the model must write a trace.
     """
     traces = sample_traces(
         model, prompts, num_generations=1, max_new_tokens=max_trace_tokens,
@@ -49,7 +52,6 @@ def think_then_answer(
         max_new_tokens=max_answer_tokens, stop_token_ids=[eos_id], pad_token_id=pad_id,
         seeds=[0] * len(prompts), temperature=0.0,
     )
-    return [
-        ThoughtAnswer(body, answer[:-1] if answer and answer[-1] == eos_id else answer, e)
-        for body, answer, e in zip(bodies, answers, emitted)
-    ]
+    answers = [a[:-1] if a and a[-1] == eos_id else a for a in answers]
+    return [ThoughtAnswer(body, answer if e or append_marker else [], e)
+            for body, answer, e in zip(bodies, answers, emitted)]
