@@ -128,8 +128,10 @@ def curves_figure(runs: dict[str, list[list[dict]]], keys: dict[str, str], title
     for ax in axes.flat:  # one legend for all panels: a method may be missing from some
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=8)
+    # below the panels, in a strip of its own: in a corner it would cover a panel's title
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=max(1, min(len(handles), 6)), fontsize=8,
+               frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / (3.4 * rows), 1, 1))
     return fig

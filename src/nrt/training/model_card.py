@@ -13,6 +13,8 @@ disk: the run's config.yaml, nrt_run.json and metrics.jsonl, and the model direc
 `base_model` is in the front matter only when the run's model.model_name_or_path is a hub id (or a
 path in the Hugging Face cache, `models--OWNER--NAME`, named by its id): the hub refuses a card
 whose base_model is not a model id, so a local base model is named in the text only.
+`library_name` is peft for a LoRA run's adapter directory, transformers for a full run and for an
+export merged from a LoRA run (which keeps the `lora` tag: the weights were trained through LoRA).
 `datasets` holds data.path's name (its file name without the suffix), which is what the card can
 know of a local file; its sha256 is in the text.
 """

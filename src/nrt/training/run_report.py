@@ -105,13 +105,14 @@ def run_page(run_dir: Path, records: list[dict], png_name: str) -> str:
     values = markdown_table(["metric", "key", "last value", "at step", "first", "min", "max"],
                             final_values(records, keys))
     lora = " (LoRA)" if model.get("use_peft") else ""
+    base = model.get("model_name_or_path") or "?"
     return f"""{PAGE_TITLES[KIND]}
 
 Run `{run_dir}`: {run_state(run_dir, records, config)}.
 
 - last step logged: {last}{of} ({len(records)} records in metrics.jsonl)
-- method: {f'the `{preset}` preset' if preset else 'custom options'}{lora}; model `{model.get('model_name_or_path')}`
-- data: `{data.get('path')}`{f", validation `{data['eval_path']}`" if data.get('eval_path') else ''}
+- method: {f'the `{preset}` preset' if preset else 'custom options'}{lora}; model `{base}`
+- data: `{data.get('path') or '?'}`{f", validation `{data['eval_path']}`" if data.get('eval_path') else ''}
 
 ## Final values
 
