@@ -52,6 +52,13 @@ def test_stop_on_collapse_ends_the_run_and_keeps_the_last_healthy_checkpoint(tin
     # checkpoints of unhealthy steps are gone; the last healthy one survived the save limit
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     assert (out / "model.safetensors").read_bytes() == (out / "checkpoint-3" / "model.safetensors").read_bytes()
+    # the kept model's card says which step it is and what the detector found
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "transformers" and "nrt" in card.data.tags
+    assert "this model: step 3 of the run" in card.text and "the run went on to step 5" in card.text
+    assert "- step 5: collapse detected" in card.text
 
 
 def idle(step):  # a step where every trace was empty and every group's rewards equal

@@ -16,10 +16,13 @@ A claim is refused (OutputError: one line naming the option and the path, nothin
   `resumable` (a run or a comparison continues what is there).
 
 An nrt output says what it is: a directory by its marker file (MARKERS), a JSON report by its
-"nrt_report" field, a markdown page by its title. `mark_dir` writes a directory's marker before anything
-else, so a command killed half-way leaves a directory it may reuse; a command that writes a model
-(`nrt export`, `nrt gym pretrain`) writes it whole, aside, with `written_whole`. A run adds one rule of its own
-(nrt.training.run_record): a finished run is complete.
+"nrt_report" field, a markdown page by its title, a model card (README.md) by CARD_MARK after its front
+matter, a PNG by an "nrt_report" text chunk. A run directory's README.md (its model card) and
+report.md / report.png (`nrt report`) are the run's own files: the directory stays an nrt run.
+`mark_dir` writes a directory's marker before anything else, so a command killed half-way leaves a
+directory it may reuse; a command that writes a model (`nrt export`, `nrt gym pretrain`) writes it whole,
+aside, with `written_whole`. A run adds one rule of its own (nrt.training.run_record): a finished run is
+complete.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ MARKERS = {
 # what a command killed before its marker was complete leaves: the directory still counts as empty
 LEFTOVERS = {".nrt.lock"} | {f".{marker}.tmp" for marker in MARKERS.values()}
 # markdown page kind -> its first line
-PAGE_TITLES = {"demo results": "# Results on the reasoning gym"}
+PAGE_TITLES = {"demo results": "# Results on the reasoning gym", "run report": "# Training run report"}
+# the line after a model card's front matter (nrt.training.model_card): a README.md nrt may replace
+CARD_MARK = "<!-- nrt model card: written by nrt from the files of this directory -->"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "adapter_config.json")
 
@@ -84,17 +90,44 @@ def mark_dir(path: Path, kind: str) -> None:
         atomic_write_text(path / MARKERS[kind], json.dumps({"nrt_output": kind}) + "\n")
 
 
+def png_text(head: bytes) -> dict[str, str]:
+    """The tEXt chunks (keyword -> text) of a PNG's first bytes; {} when it is not a PNG."""
+    if not head.startswith(PNG_SIGNATURE):
+        return {}
+    found, at = {}, len(PNG_SIGNATURE)
+    while at + 8 <= len(head):
+        length, kind = int.from_bytes(head[at:at + 4], "big"), head[at + 4:at + 8]
+        if kind == b"IDAT":  # the metadata comes before the image data
+            break
+        if kind == b"tEXt":
+            key, _, text = head[at + 8:at + 8 + length].partition(b"\0")
+            found[key.decode("latin-1")] = text.decode("latin-1")
+        at += 12 + length  # length, type, data, crc
+    return found
+
+
 def report_kind(path: Path) -> str | None:
-    """The kind of nrt report file `path` is ("nrt_report" field or page title), else None."""
+    """The kind of nrt report file `path` is ("nrt_report" field or text chunk, page title, model card
+    mark), else None."""
     try:
-        with open(path, encoding="utf-8") as f:
-            head = f.read(1 << 16)
-    except (OSError, UnicodeDecodeError):
+        with open(path, "rb") as f:
+            raw = f.read(1 << 16)
+    except OSError:
         return None
+    if raw.startswith(PNG_SIGNATURE):
+        return png_text(raw).get("nrt_report")
+    try:
+        head = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        if len(raw) < 1 << 16:
+            return None
+        head = raw.decode("utf-8", errors="ignore")  # cut inside a character at the end
     first = head.split("\n", 1)[0].strip()
     for kind, title in PAGE_TITLES.items():
         if first == title:
             return kind
+    if first == "---" and CARD_MARK in head.split("\n"):
+        return "model card"
     if not head.lstrip().startswith("{"):
         return None
     try:

@@ -206,6 +206,20 @@ def run_eval(args) -> None:
     except OSError as e:
         fail(f"--output {output}: cannot write the report ({e.strerror or e}); the summary above is its result")
     print(f"report: {output}")
+    refresh_card(args.model)
+
+
+def refresh_card(model: str) -> None:
+    """A model directory with nrt's card (README.md): its Evaluation section gains the new report."""
+    from nrt.training.model_card import refresh_model_card
+
+    if Path(model).is_dir():
+        try:
+            card = refresh_model_card(model)
+        except OSError as e:
+            fail(f"--model {model}: cannot update its model card README.md ({e.strerror or e}); the report is written")
+        if card is not None:
+            print(f"model card: {card}")
 
 
 def print_summary(title: str, summary: dict) -> None:
@@ -294,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     from nrt.commands.export import add_export
     from nrt.commands.gym import register as add_gym
     from nrt.commands.probe import add_probe
+    from nrt.commands.report import add_report
 
     add_train(sub)
     add_generate(sub)
@@ -305,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(sub)
     add_bench(sub)
     add_export(sub)
+    add_report(sub)
     return parser
 
 

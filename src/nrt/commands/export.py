@@ -3,7 +3,8 @@
 The run directory (or one of its checkpoint-N / best directories) holds the adapter in peft's
 format; the export loads the base model named in adapter_config.json, adds `<|response_start|>`
 as training did, merges the adapter into the weights and writes model + tokenizer, loadable with
-`AutoModelForCausalLM.from_pretrained(DIR)` and usable by `nrt generate` / `nrt eval`.
+`AutoModelForCausalLM.from_pretrained(DIR)` and usable by `nrt generate` / `nrt eval`, with the run's
+model card as README.md (nrt.training.model_card).
 The output is written aside and renamed when complete (nrt.outputs.written_whole); DIR must be absent,
 empty, or an earlier export (replaced with --overwrite): the output rule of nrt.outputs.
 """
@@ -49,6 +50,7 @@ def export_merged(run_dir: str | Path, output_dir: str | Path, base_model: str |
     from transformers import AutoTokenizer
 
     from nrt.outputs import check_output_dir, written_whole
+    from nrt.training.model_card import write_model_card
     from nrt.training.peft_model import AdapterError, is_adapter_dir, merge_adapter
 
     run_dir, output_dir = Path(run_dir), Path(output_dir)
@@ -64,6 +66,7 @@ def export_merged(run_dir: str | Path, output_dir: str | Path, base_model: str |
     with written_whole(output_dir, "export") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_model_card(run_dir, tmp)  # README.md: the run's card, for the merged model
     return output_dir
 
 

@@ -1,17 +1,38 @@
-"""Reports of finished runs: metrics curves as PNG and tables as markdown."""
+"""Reports of runs, finished or in progress: metrics curves as PNG and tables as markdown. One plotting
+path (plot_curves) draws the curves of `nrt report`, `nrt compare` and `nrt demo`."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+
+from nrt.errors import DataError
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl ([] when absent). A run appends one line per step, so the
+    last line may be torn (a run killed mid-write, or still writing): it is left out. A broken line
+    before it is a DataError naming it."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError
+        except ValueError:
+            if all(not rest.strip() for rest in lines[number:]):
+                break  # the torn tail of an append
+            raise DataError(f"{path}:{number}: not a metrics record (a JSON object with a step)") from None
+        records.append(record)
+    return records
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -50,22 +71,39 @@ def curve(records_per_seed: list[list[dict]], key: str) -> tuple[list[int], list
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
 
 
-def plot_curves(runs: dict[str, list[list[dict]]], keys: dict[str, str], path: Path, title: str = "") -> Path:
-    """One panel per metric (keys: metric -> panel title), one line per method (mean over seeds); a PNG."""
+def plot_curves(runs: dict[str, list[list[dict]]], keys: dict[str, str], path: Path, title: str = "",
+                marks: dict[str, list[int]] | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """One panel per metric (keys: metric -> panel title), one line per method (mean over seeds), a dashed
+    vertical line in every panel at each step of `marks` (label -> steps: a collapse, a skipped update);
+    a PNG, written to a temporary name and renamed (a page that shows it never sees half an image).
+    metadata: PNG text chunks (nrt.outputs reads "nrt_report" to know its own report)."""
     import matplotlib.pyplot as plt
 
-    fig = curves_figure(runs, keys, title)
+    path = Path(path)
+    fig = curves_figure(runs, keys, title, marks)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=110, format="png", metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 
-def curves_figure(runs: dict[str, list[list[dict]]], keys: dict[str, str], title: str = ""):
+MARK_COLOURS = ("red", "purple", "grey", "brown")
+
+
+def curves_figure(runs: dict[str, list[list[dict]]], keys: dict[str, str], title: str = "",
+                  marks: dict[str, list[int]] | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
@@ -77,8 +115,12 @@ def curves_figure(runs: dict[str, list[list[dict]]], keys: dict[str, str], title
             steps, values = curve(per_seed, key)
             if steps:
                 ax.plot(steps, values, label=method, color=colors[method], marker="." if len(steps) < 30 else None)
+        for (name, steps), colour in zip((marks or {}).items(), MARK_COLOURS):
+            for i, step in enumerate(steps):
+                ax.axvline(step, color=colour, linestyle="--", linewidth=1, alpha=0.7, label=name if i == 0 else None)
         ax.set_title(label)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
@@ -86,8 +128,10 @@ def curves_figure(runs: dict[str, list[list[dict]]], keys: dict[str, str], title
     for ax in axes.flat:  # one legend for all panels: a method may be missing from some
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=8)
+    # below the panels, in a strip of its own: in a corner it would cover a panel's title
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=max(1, min(len(handles), 6)), fontsize=8,
+               frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / (3.4 * rows), 1, 1))
     return fig

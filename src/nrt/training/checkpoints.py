@@ -9,6 +9,7 @@
       model.safetensors, ...    the final model, loadable with from_pretrained
                                 (a LoRA run: adapter_config.json + adapter_model.safetensors, peft's
                                 format; `nrt export --merge` makes a plain model of it)
+      README.md                 the final model's card (model_card.py), written with it
 
 A checkpoint is written to `checkpoint-N.tmp` and renamed when complete, so an interrupted
 save never leaves a checkpoint that looks valid; the final model's files are written aside
@@ -33,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from nrt.training.guards import check_weights
+from nrt.training.model_card import write_model_card
 from nrt.training.run_record import (RunDirectoryError, RunLock, atomic_write_text, check_output_dir,
                                      complete_checkpoints, record_finished, record_resume, resume_changes,
                                      write_record)
@@ -207,8 +209,8 @@ class RunDirectory:
         self.accelerator.wait_for_everyone()
 
     def save_final(self, model, tokenizer, config, step: int) -> None:
-        """The final model in output_dir: written to output_dir/.final.tmp, then each file renamed in;
-        then the run record says the run finished at `step`."""
+        """The final model and its card in output_dir: written to output_dir/.final.tmp, then each file
+        renamed in; then the run record says the run finished at `step`."""
         check_weights(self.accelerator.unwrap_model(model).named_parameters(), "the final model")
         tmp = self.path / ".final.tmp"
         if self.is_main and tmp.exists():
@@ -217,6 +219,7 @@ class RunDirectory:
         with saving(tmp, "the final model", self.is_main):
             self._save_model(tmp, model, tokenizer, config, step=None)
             if self.is_main:
+                write_model_card(self.path, tmp, step)  # renamed in with the model
                 for item in sorted(tmp.iterdir()):
                     item.replace(self.path / item.name)
                 tmp.rmdir()
@@ -254,12 +257,13 @@ class RunDirectory:
 
     def keep_healthy(self, unhealthy_since: int, tokenizer, config) -> Path | None:
         """After a collapse: drop checkpoints from step `unhealthy_since` on and make the newest
-        remaining one the run's final model. Returns that checkpoint, or None if there is none."""
+        remaining one the run's final model, with its card. Returns that checkpoint, or None if there is none."""
         healthy = self.drop_checkpoints_from(unhealthy_since)
         if self.is_main and healthy is not None:
             for item in healthy.iterdir():
                 if item.is_file() and item.name != "trainer_state.json":
                     shutil.copy2(item, self.path / item.name)
+            write_model_card(self.path, step=int(CHECKPOINT.match(healthy.name).group(1)))
         self.accelerator.wait_for_everyone()
         return healthy
 
