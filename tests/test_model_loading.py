@@ -276,6 +276,36 @@ def test_corrupt_or_missing_weight_files_are_one_line_naming_the_file(tiny_model
     assert f"--model {broken / 'config.json'}: not a readable JSON config" in err
 
 
+def test_weight_files_missing_a_tensor_or_holding_a_foreign_one_are_refused_by_name(tiny_model_dir, tmp_path,
+                                                                                     capsys, sums_file):
+    """transformers would give a missing tensor random values (and a run would train on them) and drop an
+    unexpected one; the tied output layer (absent from the file) and the rotary buffers are not refused."""
+    from safetensors.torch import load_file, save_file
+
+    tied = load_model(tiny_model_dir)
+    assert "lm_head.weight" not in load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    capsys.readouterr()  # transformers' progress bar: commands silence it, a direct load does not
+    directory = copy_model(tiny_model_dir, tmp_path, "missing-tensor")
+    weights = directory / "model.safetensors"
+    tensors = load_file(weights)
+    q_proj = tensors.pop("model.layers.1.self_attn.q_proj.weight")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", "--model", str(directory), "--data", sums_file, "--output-dir", str(out),
+                                  "trainer.max_steps=1"])
+    assert f"--model {directory}: the weight files do not match the model's config: 1 missing weight " \
+           "(model.layers.1.self_attn.q_proj.weight)" in err
+    assert not out.exists()
+    tensors["model.layers.1.self_attn.q_proj.weight"] = q_proj
+    for i in range(4):
+        tensors[f"model.layers.{i + 2}.mlp.up_proj.weight"] = torch.zeros(2, 2)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    err = one_line_error(capsys, generate(directory))
+    assert ("4 unexpected weights (model.layers.2.mlp.up_proj.weight, model.layers.3.mlp.up_proj.weight, "
+            "model.layers.4.mlp.up_proj.weight, ... (4 in all))") in err
+
+
 class RunsCode:
     def __init__(self, marker):
         self.marker = marker

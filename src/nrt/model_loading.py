@@ -174,7 +174,8 @@ def load_model(source, dtype=None):
     A GGUF is dequantised and its quantizer dropped, so `save_pretrained` writes plain
     safetensors. Raises ModelLoadError (one line naming the path) for a missing, corrupt or
     unsupported model, one that needs remote code without model.trust_remote_code, or a
-    pickle that is more than tensors."""
+    pickle that is more than tensors, or weight files that lack a tensor of the model or hold one it
+    does not have (`check_loading_info`)."""
     from transformers import AutoModelForCausalLM
 
     r = resolve(source)
@@ -184,12 +185,30 @@ def load_model(source, dtype=None):
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(r.location, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(r.location, output_loading_info=True, **kwargs)
     except LOAD_ERRORS as e:
         raise ModelLoadError(f"{r.name}: cannot load the model ({describe(e, r)})") from None
+    check_loading_info(info, r.name)
     if r.is_gguf:
         drop_gguf_quantizer(model)
     return model
+
+
+def check_loading_info(info: dict, name: str, shown: int = 3) -> None:
+    """Refuse weight files that are not this model's: a tensor they lack (transformers would give it
+    random values and a run would train on them) or one the model has no parameter for (another
+    architecture's, or a renamed tensor, silently dropped). `info` is from_pretrained's loading info;
+    transformers leaves tied weights (an output layer sharing the embedding) and non-persistent buffers
+    out of it, so those are never refused. The message names the first `shown` of each kind."""
+    problems = []
+    for kind in ("missing", "unexpected"):
+        keys = sorted(info.get(f"{kind}_keys") or ())
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
+            plural = "s" if len(keys) > 1 else ""
+            problems.append(f"{len(keys)} {kind} weight{plural} ({', '.join(keys[:shown])}{more})")
+    if problems:
+        raise ModelLoadError(f"{name}: the weight files do not match the model's config: {'; '.join(problems)}")
 
 
 def load_config(source):
