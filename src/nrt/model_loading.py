@@ -267,6 +267,26 @@ def drop_gguf_quantizer(model) -> None:
             pass
 
 
+def embedding_rows(model) -> int:
+    """The input embedding's rows of a loaded model, or the vocab_size of a model's config."""
+    if hasattr(model, "get_input_embeddings"):
+        return model.get_input_embeddings().weight.shape[0]
+    return model.get_text_config().vocab_size
+
+
+def check_vocabulary(model, tokenizer, name: str, hint: str = "the model and its tokenizer do not match") -> None:
+    """Refuse a model (loaded, or its config before loading) with fewer embedding rows than the tokenizer
+    has ids: the first such token looked up would be an IndexError. `<|response_start|>` is left out:
+    nrt adds its row itself (`nrt.tokens.ensure_response_start_token`)."""
+    rows = embedding_rows(model)
+    vocab = tokenizer.get_vocab()
+    rs = vocab.get(RESPONSE_START)
+    beyond = sorted(i for t, i in vocab.items() if i >= rows and i != rs)
+    if beyond:
+        raise ModelLoadError(f"{name}: the model has {rows} embedding rows but the tokenizer has ids up to "
+                             f"{beyond[-1]} ({len(beyond)} tokens without a row); {hint}")
+
+
 def check_model_fits(model, tokenizer, config, examples=None) -> None:
     """Refuse, before training, a model the run would crash on or run past its positions mid-way.
     `model` is the loaded model (embedding rows counted) or, before loading, its config (vocab_size).
@@ -278,19 +298,8 @@ def check_model_fits(model, tokenizer, config, examples=None) -> None:
     `examples` (TokenizedExample: prompt_ids, answer_ids), the longest ones in the data (never
     longer than those options: longer records were refused or skipped)."""
     name = config.model.model_name_or_path
-    if hasattr(model, "get_input_embeddings"):
-        rows, model_config = model.get_input_embeddings().weight.shape[0], model.config.get_text_config()
-    else:
-        model_config = model.get_text_config()
-        rows = model_config.vocab_size
-    vocab = tokenizer.get_vocab()
-    rs = vocab.get(RESPONSE_START)
-    beyond = sorted(i for t, i in vocab.items() if i >= rows and i != rs)
-    if beyond:
-        raise ModelLoadError(
-            f"{name}: the model has {rows} embedding rows but the tokenizer has ids up to {beyond[-1]} "
-            f"({len(beyond)} tokens without a row); model.model_name_or_path and its tokenizer do not match"
-        )
+    check_vocabulary(model, tokenizer, name, "model.model_name_or_path and its tokenizer do not match")
+    model_config = (model.config if hasattr(model, "get_input_embeddings") else model).get_text_config()
     d, t = config.data, config.trainer
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit is None:
