@@ -346,3 +346,59 @@ def test_generate_and_eval_point_a_lora_run_to_export(tmp_path, capsys):
     data.write_text('{"question": "1+1=", "answer": "2"}\n')
     assert main(["eval", "--model", str(tmp_path), "--data", str(data)]) == 2
     assert "merge it first: nrt export" in capsys.readouterr().err
+
+
+def test_export_refuses_a_base_model_the_adapter_was_not_trained_on(model_dirs, sums_file, tmp_path, capsys):
+    """--base-model is compared with the run's base by config contents (a copy elsewhere is the same model),
+    and always by the run's tokenizer against its vocabulary and the adapter's shapes against its layers;
+    a refusal is one line, before anything is written."""
+    import shutil
+
+    from nrt.commands.cli import main
+    from nrt.model_loading import ModelLoadError, ModelSource
+
+    trainer = make_trainer(model_dirs["llama"], sums_file, tmp_path, trainer__max_steps=1, **LORA)
+    trainer.train()
+    run = tmp_path / "out"
+    copy = tmp_path / "copy-of-base"
+    shutil.copytree(model_dirs["llama"], copy)
+    assert main(["export", "--model", str(run), "--merge", "--output-dir", str(tmp_path / "m"), "--base-model",
+                 str(copy)]) == 0
+
+    def other_base(name, rows, hidden=32):
+        """A tiny Llama of `rows` embedding rows (2 special tokens, then characters) and its tokenizer."""
+        from nrt.tiny import ALPHABET
+
+        tokenizer = char_tokenizer(alphabet=ALPHABET[: rows - 2], with_response_start=False)
+        _, config = tiny_config("llama", len(tokenizer))
+        config = LlamaConfig(**{**config.to_dict(), "hidden_size": hidden, "head_dim": hidden // 4})
+        path = tmp_path / name
+        LlamaForCausalLM(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
+
+    rows = len(char_tokenizer(with_response_start=False))  # 98: the run's tokenizer adds <|response_start|>
+    fewer = other_base("fewer-rows", 89)
+    wider = other_base("wider", rows, hidden=64)
+    capsys.readouterr()
+    cases = {fewer: f"--base-model {fewer}: not the model the adapter was trained on ({model_dirs['llama']}): "
+                    f"vocab_size 89 (trained on {rows})",
+             wider: f"--base-model {wider}: not the model the adapter was trained on ({model_dirs['llama']}): "
+                    "hidden_size 64 (trained on 32), head_dim 16 (trained on 8)"}
+    for base, message in cases.items():
+        out = tmp_path / f"export-{base.name}"
+        assert main(["export", "--model", str(run), "--merge", "--output-dir", str(out), "--base-model",
+                     str(base)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert not out.exists()
+    # the run's base moved away: the vocabulary and the shapes still refuse
+    from nrt.training.peft_model import AdapterError, check_base
+
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    refused = f"has 89 embedding rows but the tokenizer has ids up to {rows - 1} .*the run.s: not the model"
+    with pytest.raises(ModelLoadError, match=refused):
+        check_base(run, ModelSource(str(fewer)), None, tokenizer, "--base-model X")
+    with pytest.raises(AdapterError, match=r"the adapter does not fit this model: model.embed_tokens has 64 width, "
+                                           r"the adapter 32 \(and \d+ more\)"):
+        check_base(run, ModelSource(str(wider)), None, tokenizer, "--base-model X")

@@ -276,6 +276,36 @@ def test_corrupt_or_missing_weight_files_are_one_line_naming_the_file(tiny_model
     assert f"--model {broken / 'config.json'}: not a readable JSON config" in err
 
 
+def test_weight_files_missing_a_tensor_or_holding_a_foreign_one_are_refused_by_name(tiny_model_dir, tmp_path,
+                                                                                     capsys, sums_file):
+    """transformers would give a missing tensor random values (and a run would train on them) and drop an
+    unexpected one; the tied output layer (absent from the file) and the rotary buffers are not refused."""
+    from safetensors.torch import load_file, save_file
+
+    tied = load_model(tiny_model_dir)
+    assert "lm_head.weight" not in load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    capsys.readouterr()  # transformers' progress bar: commands silence it, a direct load does not
+    directory = copy_model(tiny_model_dir, tmp_path, "missing-tensor")
+    weights = directory / "model.safetensors"
+    tensors = load_file(weights)
+    q_proj = tensors.pop("model.layers.1.self_attn.q_proj.weight")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", "--model", str(directory), "--data", sums_file, "--output-dir", str(out),
+                                  "trainer.max_steps=1"])
+    assert f"--model {directory}: the weight files do not match the model's config: 1 missing weight " \
+           "(model.layers.1.self_attn.q_proj.weight)" in err
+    assert not out.exists()
+    tensors["model.layers.1.self_attn.q_proj.weight"] = q_proj
+    for i in range(4):
+        tensors[f"model.layers.{i + 2}.mlp.up_proj.weight"] = torch.zeros(2, 2)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    err = one_line_error(capsys, generate(directory))
+    assert ("4 unexpected weights (model.layers.2.mlp.up_proj.weight, model.layers.3.mlp.up_proj.weight, "
+            "model.layers.4.mlp.up_proj.weight, ... (4 in all))") in err
+
+
 class RunsCode:
     def __init__(self, marker):
         self.marker = marker
@@ -335,6 +365,74 @@ def test_too_small_vocabulary_or_position_limit_stop_train_before_anything_is_wr
     assert "max_position_embeddings=1024 is shorter than the longest prompt (5 tokens" in err
     assert "trainer.max_completion_length (1020) + 1 + the longest answer (3, data.max_answer_length=512) = 1029" in err
     assert not out.exists()
+
+
+def tiny_mamba(directory) -> str:
+    """A whole Mamba model (weights and the char tokenizer), so only the architecture can stop it."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    tokenizer = char_tokenizer()
+    torch.manual_seed(0)
+    config = MambaConfig(vocab_size=len(tokenizer), hidden_size=16, state_size=4, num_hidden_layers=1, expand=2,
+                         conv_kernel=2, bos_token_id=None, eos_token_id=1, pad_token_id=0)
+    MambaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_an_architecture_the_engine_cannot_run_is_refused_by_model_type_before_the_run_directory(tmp_path, capsys,
+                                                                                                 sums_file):
+    """A Mamba model loads and would start a run that crashes in the first rollout (its recurrent state is no
+    key/value cache): refused from config.json, naming the model_type, with no run directory made."""
+    mamba = tiny_mamba(tmp_path / "mamba")
+    capsys.readouterr()  # transformers' progress bar while saving
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", "--model", mamba, "--data", sums_file, "--output-dir", str(out),
+                                  "trainer.max_steps=1", "trainer.num_generations=2",
+                                  "trainer.per_device_train_batch_size=2", "trainer.max_completion_length=4"])
+    assert f"--model {mamba}: model_type 'mamba' cannot be run by nrt: MambaForCausalLM keeps a recurrent state" in err
+    assert not out.exists()
+    err = one_line_error(capsys, generate(mamba))
+    assert "model_type 'mamba' cannot be run by nrt" in err
+
+
+def test_the_engine_rule_accepts_attention_decoders_and_refuses_the_rest():
+    from transformers import CONFIG_MAPPING
+
+    from nrt.engine.model_support import unsupported_reason
+
+    for model_type in ("llama", "qwen2", "qwen3", "mistral", "gemma2", "phi3", "gpt2", "olmo2"):
+        assert unsupported_reason(CONFIG_MAPPING[model_type]()) is None, model_type
+    refused = {"mamba": "keeps a recurrent state", "rwkv": "keeps a recurrent state",
+               "jamba": "keeps a recurrent state", "t5": "an encoder-decoder model",
+               "bert": "an encoder (config is_decoder=false)", "bloom": "takes no position_ids",
+               "vit": "no causal-LM class"}
+    for model_type, reason in refused.items():
+        assert reason in unsupported_reason(CONFIG_MAPPING[model_type]()), model_type
+    assert unsupported_reason(CONFIG_MAPPING["bert"](is_decoder=True)) is None
+
+
+def test_generate_eval_and_probe_refuse_a_model_with_fewer_embedding_rows_than_its_tokenizer(tmp_path, capsys):
+    """Checked on the config before the weights load, and on the loaded model (whose config may say another
+    size): otherwise the first token without a row is an IndexError inside the embedding."""
+    tokenizer = char_tokenizer()
+    small = tmp_path / "small-vocab"
+    tiny_llama(len(tokenizer) - 5, hidden=32, layers=1).save_pretrained(small)
+    tokenizer.save_pretrained(small)
+    capsys.readouterr()  # transformers' progress bar while saving
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "z+y=", "answer": "x"}\n')
+    rows = f"--model {small}: the model has {len(tokenizer) - 5} embedding rows but the tokenizer has ids up to " \
+           f"{len(tokenizer) - 1} (5 tokens without a row)"
+    ask = ["generate", "--model", str(small), "--question", "x~y", "--max-trace-tokens", "2"]  # "~": the last id
+    for argv in (ask, ["eval", "--model", str(small), "--data", str(data), "--max-trace-tokens", "2"],
+                 ["probe", "--model", str(small), "--data", str(data), "--output", str(tmp_path / "p.json"),
+                  "--samples", "1", "--max-trace-tokens", "2"]):
+        assert rows in one_line_error(capsys, argv), argv[0]
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokenizer)}))  # the weights disagree
+    assert "cannot load the model" in one_line_error(capsys, generate(small))
+    assert not (small / "eval").exists() and not (tmp_path / "p.json").exists()
 
 
 # --------------------------------------------------------------------------- scripts/get_real_model.py

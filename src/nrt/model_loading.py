@@ -174,7 +174,8 @@ def load_model(source, dtype=None):
     A GGUF is dequantised and its quantizer dropped, so `save_pretrained` writes plain
     safetensors. Raises ModelLoadError (one line naming the path) for a missing, corrupt or
     unsupported model, one that needs remote code without model.trust_remote_code, or a
-    pickle that is more than tensors."""
+    pickle that is more than tensors, or weight files that lack a tensor of the model or hold one it
+    does not have (`check_loading_info`)."""
     from transformers import AutoModelForCausalLM
 
     r = resolve(source)
@@ -184,12 +185,30 @@ def load_model(source, dtype=None):
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(r.location, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(r.location, output_loading_info=True, **kwargs)
     except LOAD_ERRORS as e:
         raise ModelLoadError(f"{r.name}: cannot load the model ({describe(e, r)})") from None
+    check_loading_info(info, r.name)
     if r.is_gguf:
         drop_gguf_quantizer(model)
     return model
+
+
+def check_loading_info(info: dict, name: str, shown: int = 3) -> None:
+    """Refuse weight files that are not this model's: a tensor they lack (transformers would give it
+    random values and a run would train on them) or one the model has no parameter for (another
+    architecture's, or a renamed tensor, silently dropped). `info` is from_pretrained's loading info;
+    transformers leaves tied weights (an output layer sharing the embedding) and non-persistent buffers
+    out of it, so those are never refused. The message names the first `shown` of each kind."""
+    problems = []
+    for kind in ("missing", "unexpected"):
+        keys = sorted(info.get(f"{kind}_keys") or ())
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
+            plural = "s" if len(keys) > 1 else ""
+            problems.append(f"{len(keys)} {kind} weight{plural} ({', '.join(keys[:shown])}{more})")
+    if problems:
+        raise ModelLoadError(f"{name}: the weight files do not match the model's config: {'; '.join(problems)}")
 
 
 def load_config(source):
@@ -248,6 +267,26 @@ def drop_gguf_quantizer(model) -> None:
             pass
 
 
+def embedding_rows(model) -> int:
+    """The input embedding's rows of a loaded model, or the vocab_size of a model's config."""
+    if hasattr(model, "get_input_embeddings"):
+        return model.get_input_embeddings().weight.shape[0]
+    return model.get_text_config().vocab_size
+
+
+def check_vocabulary(model, tokenizer, name: str, hint: str = "the model and its tokenizer do not match") -> None:
+    """Refuse a model (loaded, or its config before loading) with fewer embedding rows than the tokenizer
+    has ids: the first such token looked up would be an IndexError. `<|response_start|>` is left out:
+    nrt adds its row itself (`nrt.tokens.ensure_response_start_token`)."""
+    rows = embedding_rows(model)
+    vocab = tokenizer.get_vocab()
+    rs = vocab.get(RESPONSE_START)
+    beyond = sorted(i for t, i in vocab.items() if i >= rows and i != rs)
+    if beyond:
+        raise ModelLoadError(f"{name}: the model has {rows} embedding rows but the tokenizer has ids up to "
+                             f"{beyond[-1]} ({len(beyond)} tokens without a row); {hint}")
+
+
 def check_model_fits(model, tokenizer, config, examples=None) -> None:
     """Refuse, before training, a model the run would crash on or run past its positions mid-way.
     `model` is the loaded model (embedding rows counted) or, before loading, its config (vocab_size).
@@ -259,19 +298,8 @@ def check_model_fits(model, tokenizer, config, examples=None) -> None:
     `examples` (TokenizedExample: prompt_ids, answer_ids), the longest ones in the data (never
     longer than those options: longer records were refused or skipped)."""
     name = config.model.model_name_or_path
-    if hasattr(model, "get_input_embeddings"):
-        rows, model_config = model.get_input_embeddings().weight.shape[0], model.config.get_text_config()
-    else:
-        model_config = model.get_text_config()
-        rows = model_config.vocab_size
-    vocab = tokenizer.get_vocab()
-    rs = vocab.get(RESPONSE_START)
-    beyond = sorted(i for t, i in vocab.items() if i >= rows and i != rs)
-    if beyond:
-        raise ModelLoadError(
-            f"{name}: the model has {rows} embedding rows but the tokenizer has ids up to {beyond[-1]} "
-            f"({len(beyond)} tokens without a row); model.model_name_or_path and its tokenizer do not match"
-        )
+    check_vocabulary(model, tokenizer, name, "model.model_name_or_path and its tokenizer do not match")
+    model_config = (model.config if hasattr(model, "get_input_embeddings") else model).get_text_config()
     d, t = config.data, config.trainer
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit is None:

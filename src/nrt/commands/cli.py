@@ -28,6 +28,7 @@ from nrt.commands.usage import (  # noqa: F401  (re-exported for callers of main
     UsageError,
     bbh_file,
     fail,
+    load_checked_model,
     refuse_adapter_dir,
     require_positive,
 )
@@ -113,7 +114,7 @@ def run_generate(args) -> None:
     refuse_adapter_dir(args.model)
     from nrt.data import encode_prompts
     from nrt.engine.generation import think_then_answer
-    from nrt.model_loading import load_model, load_tokenizer
+    from nrt.model_loading import load_tokenizer
     from nrt.tokens import RESPONSE_START, ensure_response_start_token, pad_token_id
 
     tokenizer = load_tokenizer(args.model)
@@ -126,7 +127,7 @@ def run_generate(args) -> None:
         fail(f"--prompt-template: {e}")
     except TemplateError as e:
         fail(f"--model {args.model}: the chat template rejected the prompt ({str(e).splitlines()[0]})")
-    model = load_model(args.model).eval()
+    model = load_checked_model(args.model, tokenizer)
     rs = ensure_response_start_token(model, tokenizer)
     results = think_then_answer(
         model, prompts, response_start_id=rs, eos_id=tokenizer.eos_token_id, pad_id=pad_token_id(tokenizer),
@@ -171,7 +172,7 @@ def add_eval(sub) -> None:
 
 def run_eval(args) -> None:
     from nrt.data import read_examples
-    from nrt.model_loading import load_model, load_tokenizer, looks_local
+    from nrt.model_loading import load_tokenizer, looks_local
     from nrt.outputs import check_output_file
 
     if args.bbh:
@@ -195,7 +196,7 @@ def run_eval(args) -> None:
     from nrt.evaluation.evaluate import EvalConfig, evaluate, write_report
     from nrt.tokens import ensure_response_start_token
 
-    model = load_model(args.model).eval()
+    model = load_checked_model(args.model, tokenizer)
     rs = ensure_response_start_token(model, tokenizer)
     cfg = EvalConfig(args.max_trace_tokens, args.max_answer_tokens, args.batch_size, args.seed, args.force_trace,
                      bf16=args.bf16, one_pass=True)

@@ -1,7 +1,10 @@
 """`nrt export --model RUN_DIR --merge --output-dir DIR`: a LoRA run as a plain Hugging Face model.
 
 The run directory (or one of its checkpoint-N / best directories) holds the adapter in peft's
-format; the export loads the base model named in adapter_config.json, adds `<|response_start|>`
+format; the export loads the base model the run trained on (its config.yaml's model, else
+adapter_config.json's base_model_name_or_path) or `--base-model`, refused before its weights load
+when the adapter was not trained on it (`peft_model.check_base`: config contents, the run's
+tokenizer against its vocabulary, the adapter's shapes against its layers), adds `<|response_start|>`
 as training did, merges the adapter into the weights and writes model + tokenizer, loadable with
 `AutoModelForCausalLM.from_pretrained(DIR)` and usable by `nrt generate` / `nrt eval`, with the run's
 model card as README.md (nrt.training.model_card).
@@ -21,7 +24,7 @@ def add_export(sub) -> None:
     p.add_argument("--output-dir", required=True, help="where the merged model goes (absent, empty, or an "
                    "earlier export)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output-dir")
-    p.add_argument("--base-model", default=None, help="base model path (default: adapter_config.json's)")
+    p.add_argument("--base-model", default=None, help="base model path (default: the one the run trained on)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="dtype of the merged weights (default: the run's model.dtype, else float32)")
     p.set_defaults(func=run_export)
@@ -72,6 +75,7 @@ def export_merged(run_dir: str | Path, output_dir: str | Path, base_model: str |
 
 def run_export(args) -> None:
     from nrt.commands.usage import fail
+    from nrt.model_loading import ModelLoadError
     from nrt.training.peft_model import AdapterError
 
     if not args.merge:
@@ -80,6 +84,6 @@ def run_export(args) -> None:
         fail(f"--model {args.model}: no such directory")
     try:
         out = export_merged(args.model, args.output_dir, args.base_model, args.dtype, args.overwrite)
-    except AdapterError as e:
+    except (AdapterError, ModelLoadError) as e:  # a base model's errors name it, not --model
         fail(str(e))
     print(f"merged model: {out}")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from nrt.option_types import COUNT, SEED
-from nrt.commands.usage import bbh_file, fail, refuse_adapter_dir, require_positive
+from nrt.commands.usage import bbh_file, fail, load_checked_model, refuse_adapter_dir, require_positive
 
 
 def add_probe(sub) -> None:
@@ -63,7 +63,7 @@ def run_probe(args) -> None:
     from nrt.data import read_examples
     from nrt.data import with_think_prompt
     from nrt.evaluation.probe import ProbeConfig, probe
-    from nrt.model_loading import load_model, load_tokenizer
+    from nrt.model_loading import load_tokenizer
     from nrt.tokens import ensure_response_start_token
     from nrt.outputs import atomic_write_text, check_output_file
 
@@ -83,7 +83,7 @@ def run_probe(args) -> None:
                                              split_special_tokens=args.split_special_tokens)
         data[name] = (path, records, examples)
 
-    model = load_model(args.model).eval()
+    model = load_checked_model(args.model, tokenizer)
     rs = ensure_response_start_token(model, tokenizer)
     chat = bool(getattr(tokenizer, "chat_template", None))
     report = {"nrt_report": "probe report", "model": args.model, "config": vars(cfg), "chat_template": chat,

@@ -1,4 +1,5 @@
-"""Exit codes and the one-line usage error shared by every command (docs/RELIABILITY.md lists the codes)."""
+"""Exit codes, the one-line usage error and the checked model loading shared by the commands
+(docs/RELIABILITY.md lists the codes)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,22 @@ def refuse_adapter_dir(path: str) -> None:
     if is_adapter_dir(path):
         fail(f"--model {path}: holds a LoRA adapter, not a model; merge it first: "
              f"nrt export --model {path} --merge --output-dir DIR, then use DIR")
+
+
+def load_checked_model(path: str, tokenizer):
+    """The `--model` of generate, eval and probe, in eval mode. Refused from its config, before the
+    weights load, when nrt's engine cannot run it (`nrt.engine.model_support`) or it has fewer embedding
+    rows than the tokenizer has ids (`<|response_start|>` aside: nrt adds it); the rows are checked
+    again on the loaded model, whose config may not say its true size."""
+    from nrt.engine.model_support import check_engine_supports
+    from nrt.model_loading import check_vocabulary, load_config, load_model
+
+    config = load_config(path)
+    check_engine_supports(config, path)
+    check_vocabulary(config, tokenizer, path)
+    model = load_model(path)
+    check_vocabulary(model, tokenizer, path)
+    return model.eval()
 
 
 def bbh_file(task: str, bbh_dir: str | None) -> Path:

@@ -6,9 +6,11 @@
     result = train(config)
 
 Everything that can be checked is checked before the model loads: options (`ConfigError`),
-the output directory (`RunDirectoryError`), every data record (`DataError`), the tokenizer
-(`ModelLoadError`). A run that ends before its last step raises a `RunEnded` (`CollapseStop`,
-`Diverged`, `StoppedBySignal`, `WriteFailed`: nrt.errors), whose `result` says what it left.
+the output directory (`RunDirectoryError`), the tokenizer, a model nrt's engine cannot run
+(`nrt.engine.model_support`) and one whose vocabulary or positions the data does not fit
+(`ModelLoadError`), every data record (`DataError`). A run that ends before its last step
+raises a `RunEnded` (`CollapseStop`, `Diverged`, `StoppedBySignal`, `WriteFailed`:
+nrt.errors), whose `result` says what it left.
 `nrt train`, `nrt compare`, the demo and the scripts all train through this function.
 """
 
@@ -21,6 +23,7 @@ import torch
 
 from nrt.config import Config, apply_overrides, load_yaml, set_option, validate
 from nrt.data import TokenizedExample, read_examples, with_think_prompt
+from nrt.engine.model_support import check_engine_supports
 from nrt.errors import CollapseStop, ConfigError, Diverged, StoppedBySignal, WriteFailed
 from nrt.model_loading import ModelSource, check_model_fits, load_config, load_model, load_tokenizer
 from nrt.presets import preset_overrides
@@ -108,6 +111,8 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
         check_resumable(out)
     source = ModelSource.from_config(config.model)
     tokenizer = load_tokenizer(source)
+    model_config = load_config(source)  # the checks of the model's kind and sizes, before its weights load
+    check_engine_supports(model_config, config.model.model_name_or_path)
     examples, _, skipped = load_examples(config, tokenizer)
     eval_set = None
     if config.data.eval_path:
@@ -118,7 +123,6 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
 
     # the vocabulary and position limits, from the model's config before its weights load, then on the model
     checked = examples + (eval_set.examples if eval_set else [])
-    model_config = load_config(source)
     check_model_fits(model_config, tokenizer, config, checked)
     if config.trainer.use_vllm:
         from nrt.engine.vllm_sampler import check_architecture

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from nrt.errors import ConfigError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -163,9 +165,114 @@ def base_model_path(adapter_dir: str | Path) -> str:
     return base
 
 
+# The config fields that fix an adapter's tensor shapes and the meaning of its token rows.
+SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
+
+
+def shape_fields(model_config) -> dict:
+    """The SHAPE_FIELDS of a transformers config (its text config's, for a multimodal one)."""
+    text = model_config.get_text_config()
+    return {name: getattr(text, name, None) for name in SHAPE_FIELDS}
+
+
+def config_differences(recorded: dict, given: dict) -> list[str]:
+    """`name given (recorded)` for each shape field where two configs' values differ."""
+    return [f"{name} {given.get(name)!r} (trained on {recorded.get(name)!r})" for name in SHAPE_FIELDS
+            if given.get(name) != recorded.get(name)]
+
+
+ADAPTER_SUFFIXES = {".lora_A.weight": 1, ".lora_B.weight": 0, ".token_adapter.trainable_tokens_delta": 1}
+
+
+def adapter_shape_problems(shapes: dict[str, list[int]], model) -> list[str]:
+    """The adapter tensors (name -> shape, from adapter_model.safetensors) that do not fit `model`'s
+    modules: a LoRA A's columns are its layer's inputs, a LoRA B's rows its outputs, a token row's width
+    the embedding's. `model` may be on the meta device: only module sizes are read."""
+    modules = dict(model.named_modules())
+    problems = []
+    for key, shape in sorted(shapes.items()):
+        name = key.removeprefix("base_model.model.")
+        suffix = next((s for s in ADAPTER_SUFFIXES if name.endswith(s)), None)
+        if suffix is None:
+            continue
+        module_name, axis = name[: -len(suffix)], ADAPTER_SUFFIXES[suffix]
+        module = modules.get(module_name)
+        if module is None:
+            problems.append(f"the base has no {module_name}")
+            continue
+        if isinstance(module, torch.nn.Embedding):
+            size, what = module.embedding_dim, "width"
+        elif suffix.startswith(".lora_B"):
+            size, what = getattr(module, "out_features", None), "outputs"
+        else:
+            size, what = getattr(module, "in_features", None), "inputs"
+        if size is not None and size != shape[axis]:
+            problems.append(f"{module_name} has {size} {what}, the adapter {shape[axis]}")
+    return problems
+
+
+def adapter_shapes(adapter_dir: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape of the adapter's weights (the header only; no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        raise AdapterError(f"{adapter_dir}: no adapter_model.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def check_base(adapter_dir: Path, given, recorded, tokenizer, where: str) -> None:
+    """Refuse, from configs and the adapter's header before any weight loads, a base model the adapter
+    was not trained on. `given` and `recorded` are ModelSources: the base to merge into and the one
+    the run trained on. Compared are the contents of the configs (SHAPE_FIELDS), not the paths, so a
+    copy of the base elsewhere is accepted; the recorded base only where it is still on disk (a hub
+    name is not looked up). Always checked: the run's tokenizer against the base's vocabulary (the
+    token rows the adapter trained must exist) and the adapter's tensor shapes against the base's
+    modules (built on the meta device, no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    from nrt.model_loading import LOAD_ERRORS, ModelLoadError, check_vocabulary, load_config
+
+    config = load_config(given)
+    if recorded is not None and recorded != given and Path(recorded.path).expanduser().exists():
+        try:
+            trained = load_config(recorded)
+        except ModelLoadError:
+            trained = None  # moved or broken: the shape checks below still apply
+        differences = config_differences(shape_fields(trained), shape_fields(config)) if trained else []
+        if differences:
+            raise AdapterError(f"{where}: not the model the adapter was trained on ({recorded.name}): "
+                               f"{', '.join(differences)}")
+    check_vocabulary(config, tokenizer, where, "the tokenizer is the run's: not the model the adapter was trained on")
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=given.trust_remote_code)
+    except LOAD_ERRORS:
+        return  # a class that cannot be built from its config alone: the load below says why
+    problems = adapter_shape_problems(adapter_shapes(adapter_dir), skeleton)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise AdapterError(f"{where}: the adapter does not fit this model: {problems[0]}{more}")
+
+
+def recorded_base(adapter_dir: Path, options: dict):
+    """The base the run trained on: the run's config.yaml model options when it has them, else
+    adapter_config.json's base_model_name_or_path (a checkpoint-N folder has no config.yaml)."""
+    from nrt.model_loading import ModelSource
+
+    path = options.get("model_name_or_path") or base_model_path(adapter_dir)
+    return ModelSource(str(path), options.get("gguf_file") or None, bool(options.get("trust_remote_code", False)))
+
+
 def merge_adapter(adapter_dir: str | Path, tokenizer, base_model: str | None = None, dtype=None):
     """A plain transformers model: the base with `<|response_start|>` added as in training and the
-    adapter of `adapter_dir` merged into its weights."""
+    adapter of `adapter_dir` merged into its weights. A base the adapter was not trained on
+    (`check_base`) is refused before its weights load."""
     peft = _require_peft()
     import yaml
 
@@ -174,11 +281,13 @@ def merge_adapter(adapter_dir: str | Path, tokenizer, base_model: str | None = N
 
     if not is_adapter_dir(adapter_dir):
         raise AdapterError(f"{adapter_dir}: no {ADAPTER_CONFIG} (not a LoRA run directory)")
-    base_path = base_model or base_model_path(adapter_dir)
-    run_config = Path(adapter_dir) / "config.yaml"  # the run's model options: a GGUF base, trust_remote_code
+    adapter_dir = Path(adapter_dir)
+    run_config = adapter_dir / "config.yaml"  # the run's model options: a GGUF base, trust_remote_code
     options = (yaml.safe_load(run_config.read_text()) or {}).get("model", {}) if run_config.is_file() else {}
-    source = ModelSource(str(base_path), options.get("gguf_file") if not base_model else None,
-                         bool(options.get("trust_remote_code", False)))
+    recorded = recorded_base(adapter_dir, options)
+    source = ModelSource(str(base_model), None, recorded.trust_remote_code) if base_model else recorded
+    check_base(adapter_dir, source, recorded, tokenizer, f"--base-model {base_model}" if base_model else
+               f"{recorded.name} (the adapter's base model)")
     model = load_model(source, dtype=dtype)  # the same loading (and refusals) as training: ModelLoadError
     ensure_response_start_token(model, tokenizer)
     model = peft.PeftModel.from_pretrained(model, str(adapter_dir))
