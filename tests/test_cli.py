@@ -190,6 +190,43 @@ def test_tensorboard_logs_when_asked(tiny_model_dir, sums_file, tmp_path):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert "reasoning_gain" in events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("reasoning_gain")] == [1]
+    hparams = list((out / "tensorboard").glob("*/hparams.yml"))  # the config, as accelerate's tracker stores it
+    assert len(hparams) == 1 and "trainer.learning_rate" in hparams[0].read_text()
+
+
+@pytest.mark.parametrize("value, says", [
+    ("wandb", "trainer.report_to='wandb': wandb is not installed (pip install wandb)"),
+    ("tensorbord", "did you mean 'tensorboard'?"),
+    ("tensorboard,none", "none stands alone"),
+    ("tensorboard,tensorboard", "named twice"),
+])
+def test_report_to_is_checked_before_anything_is_written(value, says, tiny_model_dir, sums_file, tmp_path, capsys):
+    import importlib.util
+
+    if value == "wandb" and importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    out = tmp_path / "out"
+    assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
+                 f"trainer.report_to={value}", *SHORT_RUN]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert not out.exists()
+
+
+def test_report_to_all_is_every_installed_tracker_and_a_yaml_list_is_read(tmp_path):
+    import importlib.util
+
+    from nrt.config import TRACKER_PACKAGES, Config, load_yaml, report_targets
+
+    assert report_targets("all") == [n for n, package in TRACKER_PACKAGES.items()
+                                     if importlib.util.find_spec(package) is not None]
+    assert "tensorboard" in report_targets("all") and report_targets("none") == []
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  report_to: [tensorboard]\n")
+    config = Config()
+    load_yaml(str(path), config)
+    assert report_targets(config.trainer.report_to) == ["tensorboard"]
 
 
 def test_compare_refuses_lora_and_bad_overrides_before_any_run(tiny_model_dir, sums_file, tmp_path, capsys):

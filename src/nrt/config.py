@@ -154,7 +154,12 @@ class TrainerConfig:
     logging_steps: int = opt(1, "write metrics every N steps")
     save_steps: int = opt(100, "save a checkpoint every N steps")
     save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 keeps all)")
-    report_to: Literal["none", "tensorboard"] = opt("none", "also log to tensorboard")
+    report_to: str = opt(
+        "none", "where step metrics and the config also go, through accelerate's trackers: none, all (every one "
+        "installed), or a comma-separated list of " + ", ".join(sorted({"tensorboard", "wandb", "mlflow", "trackio",
+                                                                          "comet_ml", "aim", "clearml", "dvclive",
+                                                                          "swanlab"}))
+    )
     eval_steps: int = opt(0, "evaluate data.eval_path every N steps and at step 0 (0: only after the last step)")
     eval_batch_size: int = opt(32, "questions per evaluation batch")
     on_collapse: Literal["warn", "stop"] = opt(
@@ -375,6 +380,7 @@ def validate(config: Config) -> None:
     if t.use_vllm:
         validate_vllm(config)
     validate_posterior(config.method)
+    report_targets(t.report_to)
     if t.format_warmup_steps and config.method.objective != "nrt":
         raise ConfigError("trainer.format_warmup_steps is for method.objective=nrt (an SFT run is all format)")
     if t.max_steps > 0 and t.format_warmup_steps >= t.max_steps:
@@ -382,6 +388,43 @@ def validate(config: Config) -> None:
                           f"trainer.max_steps={t.max_steps}")
     if t.max_steps == 0 or t.max_steps < -1 or (t.max_steps == -1 and t.num_train_epochs <= 0):
         raise ConfigError("trainer.max_steps must be positive, or -1 with trainer.num_train_epochs > 0")
+
+
+# trainer.report_to's names (HF / TRL's, accelerate's trackers) -> the package each needs
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
+                    "comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive",
+                    "swanlab": "swanlab"}
+
+
+def report_targets(value: str) -> list[str]:
+    """The trackers `trainer.report_to` names: [] for none, every installed one for all, else the list,
+    each known and installed; ConfigError naming the option otherwise (before anything loads)."""
+    import importlib.util
+
+    def installed(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(TRACKER_PACKAGES[name]) is not None
+        except (ImportError, ValueError):
+            return False
+
+    names = [n.strip() for n in str(value).split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    if names == ["all"]:
+        return [n for n in TRACKER_PACKAGES if installed(n)]
+    for name in names:
+        if name in ("none", "all"):
+            raise ConfigError(f"trainer.report_to={value!r}: {name} stands alone, not in a list")
+        if name not in TRACKER_PACKAGES:
+            hint = difflib.get_close_matches(name, [*TRACKER_PACKAGES, "none", "all"], n=1)
+            raise ConfigError(f"trainer.report_to={value!r}: unknown tracker {name!r} (none, all, or a list of "
+                              f"{', '.join(TRACKER_PACKAGES)})" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        if not installed(name):
+            raise ConfigError(f"trainer.report_to={value!r}: {name} is not installed (pip install "
+                              f"{TRACKER_PACKAGES[name]})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"trainer.report_to={value!r}: a tracker is named twice")
+    return names
 
 
 def validate_posterior(m: MethodConfig) -> None:

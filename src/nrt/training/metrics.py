@@ -1,4 +1,10 @@
-"""Step metrics: metrics.jsonl, optional tensorboard, and a progress bar with ETA."""
+"""Step metrics: metrics.jsonl, the trackers of trainer.report_to, and a progress bar with ETA.
+
+The trackers are accelerate's (`accelerate.tracking`: tensorboard, wandb, mlflow, trackio, ...),
+started on the main process with the run's config as their hyperparameters; tensorboard writes
+into output_dir/tensorboard, wandb's files go into output_dir (WANDB_MODE=offline works), the
+project (wandb, trackio) or experiment (mlflow) is "nrt" and the run is named after output_dir.
+The others take their usual environment variables (MLFLOW_TRACKING_URI, ...)."""
 
 from __future__ import annotations
 
@@ -6,8 +12,11 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from nrt.config import report_targets
 
 # shown on the progress line; every metric goes to metrics.jsonl
 KEY_METRICS = {
@@ -36,11 +45,8 @@ class MetricsLogger:
     def __init__(self, run_dir, config, accelerator, total_steps: int, first_step: int = 0):
         self.run_dir, self.is_main = run_dir, accelerator.is_main_process
         self.progress, self.task = progress_bar("nrt train", total_steps, first_step, disable=not self.is_main)
-        self.writer = None
-        if self.is_main and config.trainer.report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir.path / "tensorboard"))
+        self.trackers = start_trackers(report_targets(config.trainer.report_to), run_dir.path, config) \
+            if self.is_main else []
         # without a terminal the bar cannot redraw, so each logged step gets a plain line
         self.plain = self.is_main and not sys.stdout.isatty()
 
@@ -50,18 +56,17 @@ class MetricsLogger:
 
     def __exit__(self, *exc):
         self.progress.stop()
-        if self.writer:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
         return False
 
     def log(self, metrics: dict) -> None:
         if not self.is_main:
             return
         append_line(self.run_dir.metrics_path, json.dumps(finite_or_null(metrics), allow_nan=False))
-        if self.writer:
-            for key, value in metrics.items():
-                if key != "step":
-                    self.writer.add_scalar(key, value, metrics["step"])
+        numbers = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+        for tracker in self.trackers:
+            tracker.log(numbers, step=metrics["step"])
         if self.plain:
             print(f"step {metrics['step']}: " + summary(metrics), flush=True)
 
@@ -71,6 +76,34 @@ class MetricsLogger:
 
     def advance(self, metrics: dict) -> None:
         self.progress.update(self.task, advance=1, info=summary(metrics))
+
+
+def start_trackers(names: list[str], output_dir, config) -> list:
+    """accelerate's tracker objects for `names` (config.report_targets), started, the config stored."""
+    if not names:
+        return []
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    from nrt.config import option_names
+
+    run = Path(output_dir).resolve().name
+    arguments = {"tensorboard": (("tensorboard", str(output_dir)), {}),
+                 "wandb": (("nrt",), {"name": run, "dir": str(output_dir)}),
+                 "trackio": (("nrt",), {"name": run}),
+                 "mlflow": ((), {"experiment_name": "nrt", "run_name": run})}
+    flat = {}
+    for dotted in option_names(config):
+        section, name = dotted.split(".")
+        value = getattr(getattr(config, section), name)
+        flat[dotted] = value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+    trackers = []
+    for name in names:
+        args, kwargs = arguments.get(name, (("nrt",), {}))
+        tracker = LOGGER_TYPE_TO_CLASS[name](*args, **kwargs)
+        tracker.start()
+        tracker.store_init_configuration({k: ("" if v is None else v) for k, v in flat.items()})
+        trackers.append(tracker)
+    return trackers
 
 
 def finite_or_null(metrics: dict) -> dict:
