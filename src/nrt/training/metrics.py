@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from nrt.config import report_targets
+from nrt.errors import ConfigError
 
 # shown on the progress line; every metric goes to metrics.jsonl
 KEY_METRICS = {
@@ -99,9 +100,15 @@ def start_trackers(names: list[str], output_dir, config) -> list:
     trackers = []
     for name in names:
         args, kwargs = arguments.get(name, (("nrt",), {}))
-        tracker = LOGGER_TYPE_TO_CLASS[name](*args, **kwargs)
-        tracker.start()
-        tracker.store_init_configuration({k: ("" if v is None else v) for k, v in flat.items()})
+        try:
+            tracker = LOGGER_TYPE_TO_CLASS[name](*args, **kwargs)
+            tracker.start()
+            tracker.store_init_configuration({k: ("" if v is None else v) for k, v in flat.items()})
+        except Exception as e:  # a tracker's own setup (a server, a store, credentials): its first line
+            for started in trackers:
+                started.finish()
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"trainer.report_to: {name} could not start ({type(e).__name__}: {first})") from None
         trackers.append(tracker)
     return trackers
 
