@@ -196,7 +196,7 @@ def test_tensorboard_logs_when_asked(tiny_model_dir, sums_file, tmp_path):
 
 
 @pytest.mark.parametrize("value, says", [
-    ("wandb", "trainer.report_to='wandb': wandb is not installed (pip install wandb)"),
+    ("aim", "trainer.report_to='aim': aim is not installed (pip install aim)"),
     ("tensorbord", "did you mean 'tensorboard'?"),
     ("tensorboard,none", "none stands alone"),
     ("tensorboard,tensorboard", "named twice"),
@@ -204,8 +204,8 @@ def test_tensorboard_logs_when_asked(tiny_model_dir, sums_file, tmp_path):
 def test_report_to_is_checked_before_anything_is_written(value, says, tiny_model_dir, sums_file, tmp_path, capsys):
     import importlib.util
 
-    if value == "wandb" and importlib.util.find_spec("wandb") is not None:
-        pytest.skip("wandb is installed here")
+    if value == "aim" and importlib.util.find_spec("aim") is not None:
+        pytest.skip("aim is installed here")
     out = tmp_path / "out"
     assert main(["train", "--model", tiny_model_dir, "--data", sums_file, "--output-dir", str(out),
                  f"trainer.report_to={value}", *SHORT_RUN]) == 2
