@@ -11,14 +11,19 @@ from pathlib import Path
 from nrt.errors import DataError
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of RUN_DIR/metrics.jsonl ([] when absent). A run appends one line per step, so the
-    last line may be torn (a run killed mid-write, or still writing): it is left out. A broken line
-    before it is a DataError naming it."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+class BrokenMetricsLine(ValueError):
+    """A line of metrics.jsonl, before its last one, that is not a record; `number` is 1-based."""
+
+    def __init__(self, path: Path, number: int):
+        super().__init__(f"{path}:{number}")
+        self.path, self.number = path, number
+
+
+def metrics_records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each record of a metrics.jsonl file: a JSON object with an integer step. A run
+    appends one line per step, so the last line may be torn (a run killed mid-write, or still
+    writing): it is left out. A broken line before it raises BrokenMetricsLine."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").split("\n")
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -30,9 +35,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
         except ValueError:
             if all(not rest.strip() for rest in lines[number:]):
                 break  # the torn tail of an append
-            raise DataError(f"{path}:{number}: not a metrics record (a JSON object with a step)") from None
-        records.append(record)
+            raise BrokenMetricsLine(Path(path), number) from None
+        records.append((line, record))
     return records
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl ([] when absent; see metrics_records); a broken line before
+    the last is a DataError naming it."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    try:
+        return [record for _, record in metrics_records(path)]
+    except BrokenMetricsLine as e:
+        raise DataError(f"{e}: not a metrics record (a JSON object with a step)") from None
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from nrt.evaluation.report import BrokenMetricsLine, metrics_records
 from nrt.training.guards import check_weights
 from nrt.training.model_card import write_model_card
 from nrt.training.run_record import (RunDirectoryError, RunLock, atomic_write_text, check_output_dir,
@@ -281,27 +282,16 @@ class RunDirectory:
         except FileNotFoundError as e:  # a part missing_state does not know (another process's random states)
             raise ResumeError(f"--resume: {path}: damaged checkpoint, {e.filename or e} is missing") from None
         if self.is_main and self.metrics_path.exists():
-            kept = [line for line in metrics_lines(self.metrics_path) if json.loads(line)["step"] <= step]
+            kept = [line for line, record in metrics_lines(self.metrics_path) if record["step"] <= step]
             atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
         self.accelerator.wait_for_everyone()
         return step
 
 
-def metrics_lines(path: Path) -> list[str]:
-    """The records of metrics.jsonl; a torn last line (a write cut short) is dropped, a broken line
-    before it is a ResumeError naming it."""
-    lines = [line for line in Path(path).read_text(errors="replace").split("\n")]
-    good = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "step" not in record:
-                raise ValueError
-        except ValueError:
-            if all(not rest.strip() for rest in lines[number:]):
-                break  # the torn tail of an interrupted append
-            raise ResumeError(f"{path}:{number}: not a metrics record; remove or repair that line") from None
-        good.append(line)
-    return good
+def metrics_lines(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each record of metrics.jsonl (evaluation.report.metrics_records: a torn last
+    line is dropped); a broken line before it is a ResumeError naming it."""
+    try:
+        return metrics_records(path)
+    except BrokenMetricsLine as e:
+        raise ResumeError(f"{e}: not a metrics record; remove or repair that line") from None

@@ -85,25 +85,23 @@ def start_trackers(names: list[str], output_dir, config) -> list:
         return []
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-    from nrt.config import option_names
+    from nrt.training.run_record import flatten
 
     run = Path(output_dir).resolve().name
     arguments = {"tensorboard": (("tensorboard", str(output_dir)), {}),
                  "wandb": (("nrt",), {"name": run, "dir": str(output_dir)}),
                  "trackio": (("nrt",), {"name": run}),
                  "mlflow": ((), {"experiment_name": "nrt", "run_name": run})}
-    flat = {}
-    for dotted in option_names(config):
-        section, name = dotted.split(".")
-        value = getattr(getattr(config, section), name)
-        flat[dotted] = value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+    # the trackers' hyperparameters take scalars only: None as "", anything else as its text
+    flat = {k: "" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in flatten(config.to_dict()).items()}
     trackers = []
     for name in names:
         args, kwargs = arguments.get(name, (("nrt",), {}))
         try:
             tracker = LOGGER_TYPE_TO_CLASS[name](*args, **kwargs)
             tracker.start()
-            tracker.store_init_configuration({k: ("" if v is None else v) for k, v in flat.items()})
+            tracker.store_init_configuration(flat)
         except Exception as e:  # a tracker's own setup (a server, a store, credentials): its first line
             for started in trackers:
                 started.finish()
