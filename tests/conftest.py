@@ -38,6 +38,22 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    """(run directory, data file): a finished 2-step NRT run of the tiny model, validated every step.
+    Trained once per test module that asks for it, so that tests adding files to it (a report, an
+    evaluation) affect only their own module."""
+    from nrt.commands.cli import main
+    from test_cli import SHORT_RUN
+
+    root = tmp_path_factory.mktemp("finished_run")
+    data = write_sums(root / "sums.jsonl")
+    out = root / "run"
+    assert main(["train", "--model", tiny_model_dir, "--data", data, "--output-dir", str(out), "trainer.max_steps=2",
+                 f"data.eval_path={data}", "trainer.eval_steps=1", *SHORT_RUN]) == 0
+    return out, data
+
+
 @pytest.fixture
 def fresh_accelerator_state():
     """accelerate's state is a process-wide singleton set by earlier tests (mixed_precision="no"):

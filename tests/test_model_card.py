@@ -18,18 +18,6 @@ from test_cli import SHORT_RUN
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def finished_run(tiny_model_dir, tmp_path_factory):
-    from conftest import write_sums
-
-    root = tmp_path_factory.mktemp("card")
-    data = write_sums(root / "sums.jsonl")
-    out = root / "run"
-    assert main(["train", "--model", tiny_model_dir, "--data", data, "--output-dir", str(out), "trainer.max_steps=2",
-                 f"data.eval_path={data}", "trainer.eval_steps=1", *SHORT_RUN]) == 0
-    return out, data
-
-
 def test_a_finished_run_holds_a_hub_model_card_of_its_method_data_config_and_metrics(finished_run, tiny_model_dir):
     out, data = finished_run
     card = ModelCard.load(out / "README.md")

@@ -13,21 +13,8 @@ from nrt.outputs import mark_dir, report_kind
 from nrt.training.run_record import RunLock
 from nrt.training.run_report import RUN_CURVES, run_marks
 
-from test_cli import SHORT_RUN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_model_dir, tmp_path_factory):
-    from conftest import write_sums
-
-    root = tmp_path_factory.mktemp("report")
-    data = write_sums(root / "sums.jsonl")
-    out = root / "run"
-    assert main(["train", "--model", tiny_model_dir, "--data", data, "--output-dir", str(out), "trainer.max_steps=2",
-                 f"data.eval_path={data}", "trainer.eval_steps=1", *SHORT_RUN]) == 0
-    return out
 
 
 def records_of(run):
@@ -35,6 +22,7 @@ def records_of(run):
 
 
 def test_a_finished_run_gets_its_curves_and_a_page_of_its_final_values(finished_run, capsys):
+    finished_run, _ = finished_run
     assert main(["report", str(finished_run)]) == 0
     page, png = finished_run / "report.md", finished_run / "report.png"
     assert str(page) in capsys.readouterr().out
@@ -52,6 +40,7 @@ def test_a_finished_run_gets_its_curves_and_a_page_of_its_final_values(finished_
 
 
 def test_a_run_in_progress_with_a_torn_last_line(finished_run, tmp_path):
+    finished_run, _ = finished_run
     run = tmp_path / "live"
     run.mkdir()
     for name in ("nrt_run.json", "config.yaml"):
@@ -123,6 +112,7 @@ def test_what_is_not_a_run_with_steps_is_refused_in_one_line(tmp_path, capsys, c
 
 
 def test_a_report_file_of_someone_else_is_not_replaced(finished_run, tmp_path, capsys):
+    finished_run, _ = finished_run
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.png").write_bytes(b"\x89PNG\r\n\x1a\nmine")
