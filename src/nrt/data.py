@@ -20,6 +20,7 @@ import difflib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -37,11 +38,15 @@ class QARecord:
         assistant turn, as a list of {"role": str, "content": str} dicts.
     answer: the reference answer (the final assistant turn for chat data), verbatim.
     source: the place string used in later error messages, e.g. "data.jsonl:7".
+    key: the spans of the answer that decide correctness in evaluation (the optional "key"
+        field: a string or a list of strings, each occurring in the answer); empty: the whole
+        answer must match. Training ignores it: the reward is the whole answer's likelihood.
     """
 
     prompt: str | list[dict]
     answer: str
     source: str
+    key: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- loading
@@ -215,8 +220,8 @@ def _to_record(
     has_q, has_a = rec.get(question_field) is not None, rec.get(answer_field) is not None
     has_chat = messages_field is not None and rec.get(messages_field) is not None
     if has_q and has_a:
-        question = _text_field(place, rec, question_field)
-        return QARecord(question, _text_field(place, rec, answer_field), place)
+        question, answer = _text_field(place, rec, question_field), _text_field(place, rec, answer_field)
+        return QARecord(question, answer, place, _key_field(place, rec.get(KEY_FIELD), answer))
     if has_chat:
         return _chat_record(place, rec[messages_field], messages_field)
     listed = ", ".join(present) if present else "none"
@@ -240,6 +245,47 @@ def _text_field(place: str, rec: dict, field: str) -> str:
         raise DataError(f"{place}: field '{field}' is empty")
     _check_encodable(place, f"field '{field}'", value)
     return value
+
+
+KEY_FIELD = "key"
+
+
+def _key_field(place: str, value: Any, answer: str) -> tuple[str, ...]:
+    """The optional key spans of a Q&A record: a string or a list of strings, each non-empty and
+    occurring in the answer as whole words (`key_matches`), so a key can never be unreachable."""
+    if value is None:
+        return ()
+    spans = [value] if isinstance(value, str) else value
+    if not isinstance(spans, list) or not spans or not all(isinstance(v, str) for v in spans):
+        raise DataError(f"{place}: field '{KEY_FIELD}' must be a string or a non-empty list of strings, "
+                        f"got {_type_name(value)}")
+    for span in spans:
+        if not span.strip():
+            raise DataError(f"{place}: field '{KEY_FIELD}' holds an empty span")
+        _check_encodable(place, f"field '{KEY_FIELD}'", span)
+        if not key_matches(answer, (span,)):
+            raise DataError(f"{place}: key span {span!r} does not occur in the answer as whole words")
+    return tuple(spans)
+
+
+def normalize_answer(text: str) -> str:
+    """Whitespace runs to one space, stripped, lower case: the form exact match compares."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def key_matches(prediction: str, key: tuple[str, ...]) -> bool:
+    """Whether every key span occurs in the prediction as whole words, after `normalize_answer`
+    ("oslo" in "she lives in oslo." but not in "oslovia")."""
+    text = normalize_answer(prediction)
+    return all(re.search(r"(?<!\w)" + re.escape(normalize_answer(span)) + r"(?!\w)", text) for span in key)
+
+
+def answer_correct(prediction: str, reference: str, key: tuple[str, ...] = ()) -> bool:
+    """Evaluation's correctness: the key spans when the record has them, else exact match of the
+    normalised whole answer."""
+    if key:
+        return key_matches(prediction, key)
+    return normalize_answer(prediction) == normalize_answer(reference)
 
 
 def _check_encodable(place: str, what: str, text: str) -> None:
@@ -376,11 +422,13 @@ class TokenizedExample:
     prompt_ids: the rendered prompt, bos included when the tokenizer has one.
     answer_ids: the reference answer tokens followed by eos (len >= 2).
     source: the record's place string, for error messages.
+    key: the record's key spans (QARecord.key), for evaluation.
     """
 
     prompt_ids: list[int]
     answer_ids: list[int]
     source: str
+    key: tuple[str, ...] = ()
 
 
 def special_token_texts(tokenizer) -> list[str]:
@@ -474,7 +522,7 @@ def tokenize_records(
                 f"data.max_answer_length={max_answer_length}"
             )
         if problem is None:
-            examples.append(TokenizedExample(p_ids, a_ids, rec.source))
+            examples.append(TokenizedExample(p_ids, a_ids, rec.source, rec.key))
         elif skip_overlong:
             skipped += 1
             first_skip = first_skip or f"{rec.source}: {problem}"

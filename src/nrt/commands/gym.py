@@ -27,9 +27,9 @@ def _usage_error(message: str):
 
 def _tasks(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in names if t not in T.TASKS]
+    bad = [t for t in names if t not in T.ALL_TASKS]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown task(s) {bad}; choose from {','.join(T.TASKS)}")
+        raise argparse.ArgumentTypeError(f"unknown task(s) {bad}; choose from {','.join(T.ALL_TASKS)}")
     return names
 
 

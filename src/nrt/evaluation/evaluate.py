@@ -3,7 +3,9 @@
 For each question:
 - greedy think-then-answer: the model writes a trace (or none: it may emit
   `<|response_start|>` at once), then an answer; exact match against the reference after
-  normalising whitespace and case;
+  normalising whitespace and case, or, for a record with key spans (its "key" field: long
+  answers), whether every key span occurs in the answer (`nrt.data.answer_correct`);
+  `exact_match` is the whole-answer match either way;
 - answer log-likelihood after one sampled trace (temperature 1) and without a trace, and
   their difference, the reasoning gain (nats, summed over answer tokens, eos included).
 """
@@ -12,13 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nrt.data import TokenizedExample
+from nrt.data import TokenizedExample, answer_correct, normalize_answer  # noqa: F401 (normalize_answer: re-export)
 from nrt.engine.generation import think_then_answer
 from nrt.engine.options import EngineOptions
 from nrt.engine.rollouts import build_rollout, no_trace_batch
@@ -26,10 +27,6 @@ from nrt.engine.sampling import question_seed, sample_traces
 from nrt.engine.sequences import completion_logprobs, gather_columns
 from nrt.evaluation.one_pass import autocast_bf16, one_pass_batch
 from nrt.tokens import pad_token_id
-
-
-def normalize_answer(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
 
 
 def default_bbh_dir() -> Path:
@@ -99,6 +96,7 @@ def evaluate(model, tokenizer, examples: list[TokenizedExample], references: lis
     summary = {
         "n": n,
         "accuracy": mean("correct"),
+        "exact_match": mean("exact_match"),
         "think_share": mean("thought"),
         "trace_length_mean": mean("trace_length"),
         "answer_logprob": mean("answer_logprob"),
@@ -138,7 +136,8 @@ def _evaluate_batch(model, tokenizer, examples, references, cfg: EvalConfig, res
             "reference": reference,
             "prediction": prediction,
             "trace": tokenizer.decode(g.trace_ids),
-            "correct": normalize_answer(prediction) == normalize_answer(reference),
+            "correct": answer_correct(prediction, reference, ex.key),
+            "exact_match": answer_correct(prediction, reference),
             "thought": len(g.trace_ids) > 0,
             "trace_length": len(g.trace_ids),
             "answer_logprob": float(with_trace[i]),

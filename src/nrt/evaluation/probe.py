@@ -17,7 +17,8 @@ has one), optionally with a "think prompt" appended to the question:
   quantity of `nrt.evaluation.evaluate.answer_logprobs` (the trainer's own), computed in the same
   decoding pass as the rest (`nrt.engine.answer_rows`; tests/test_probe.py checks the two agree).
 
-Accuracy is exact match after normalising whitespace and case (`normalize_answer`), as `nrt eval`.
+Accuracy is exact match after normalising whitespace and case, or the key spans for records that
+have them (`nrt.data.answer_correct`), as `nrt eval`.
 Every summary value comes with its standard error over questions: the sample standard deviation
 (n - 1) of the per-question values (for the gain, each question's mean over its K traces) divided
 by sqrt(n); NaN for fewer than two questions.
@@ -30,11 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
-from nrt.data import TokenizedExample
+from nrt.data import TokenizedExample, answer_correct
 from nrt.engine.answer_rows import RowKind, RowResult, decode_rows
 from nrt.engine.sampling import question_seed
 from nrt.errors import ConfigError
-from nrt.evaluation.evaluate import normalize_answer
 from nrt.evaluation.one_pass import autocast_bf16
 from nrt.tokens import pad_token_id
 
@@ -104,7 +104,7 @@ def probe(model, tokenizer, examples: list[TokenizedExample], references: list[s
                 for mode, r in zip(MODES, [res[0], res[1], free_result(res[0], res[1])]):
                     prediction = tokenizer.decode(r.answer_ids, skip_special_tokens=True)
                     row[f"{mode}_prediction"] = prediction
-                    row[f"{mode}_correct"] = normalize_answer(prediction) == normalize_answer(reference)
+                    row[f"{mode}_correct"] = answer_correct(prediction, reference, ex.key)
                     if mode != "direct":
                         row[f"{mode}_trace"] = tokenizer.decode(r.trace_ids)
                         row[f"{mode}_trace_length"] = len(r.trace_ids)

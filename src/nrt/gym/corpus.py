@@ -23,6 +23,9 @@ What the corpus holds, per task, and why:
   the habit of sometimes thinking, and direct answers of unseen composed questions stay
   hard. No question of the train / validation / test splits, and no real BIG-Bench-Hard
   question, ever appears (tests/test_gym_corpus.py).
+- `multihop_long` (long_answer.py): one-hop questions about everyone and composed questions of
+  the `pretrain` pool, each in a random answer style, answered at once or after the trace the
+  short form uses, with the free wording (opener, fillers, closer) drawn afresh per document.
 - A fraction (`trace_error`) of the traces contains one wrong step; later steps and the
   answer follow the wrong value. Answers must follow their own traces (GYM_NOTES 2), else
   the model learns that answers ignore traces and thinking cannot help.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from nrt.gym import long_answer as L
 from nrt.gym import tasks as T
 from nrt.gym import world as W
 from nrt.gym.bbh_hashes import is_bbh_question
@@ -51,7 +55,7 @@ class CorpusConfig:
     # share of documents per task (normalised over `tasks`). Tokens: arithmetic about 56%
     # (its operations take the longest to learn), multihop 25%, boolean 19%
     task_weights: dict = field(default_factory=lambda: {
-        "multihop": 0.3, "boolean_expressions": 0.2, "multistep_arithmetic_two": 0.5})
+        "multihop": 0.3, "boolean_expressions": 0.2, "multistep_arithmetic_two": 0.5, "multihop_long": 0.5})
     think_share: float = 0.35  # composed questions answered after a trace
     one_hop_think_share: float = 0.5  # one-hop questions answered after a one-fact trace
     # boolean expressions of other lengths than the task's answered after their rewrite steps:
@@ -80,7 +84,7 @@ class Corpus:
         self.tasks = list(cfg.tasks)
         self.weights = [cfg.task_weights.get(t, 0.0) for t in self.tasks]
         self.makers = {"multihop": self._multihop, "boolean_expressions": self._boolean,
-                       "multistep_arithmetic_two": self._arithmetic}
+                       "multistep_arithmetic_two": self._arithmetic, "multihop_long": self._multihop_long}
 
     def documents(self, n: int) -> list[str]:
         return [self.document() for _ in range(n)]
@@ -123,6 +127,30 @@ class Corpus:
             else:  # right middle person, wrong final fact
                 bad = r.choice(w.cities if second == "city" else w.people)
                 q, trace, a = W.composed_chain(w, first, second, p, answer=bad)
+        return qa_document(q, a, trace)
+
+    def _multihop_long(self) -> str:
+        r, w = self.rng, self.world
+        style = r.choice(L.STYLES)
+        if r.random() < 0.5:  # one-hop question about anyone: the answer styles on every person
+            rel, p = r.choice(W.RELATIONS), r.choice(w.people)
+            think = self._think(self.cfg.one_hop_think_share)
+            wrong = r.choice(w.cities if rel == "city" else w.people) if think and self._think(
+                self.cfg.trace_error) else None
+            q, trace, a, _ = L.one_hop_item(w, rel, p, style, r, wrong)
+            return qa_document(q, a, trace if think else "")
+        p = r.choice(w.groups["pretrain"])
+        first, second = r.choice(w.composed)
+        if not self._think(self.cfg.think_share):
+            q, _, a, _ = L.composed_item(w, first, second, p, style, r)
+            return qa_document(q, a)
+        middle = answer = None
+        if self._think(self.cfg.trace_error):
+            if r.random() < 0.5:
+                middle = r.choice(w.people)
+            else:
+                answer = r.choice(w.cities if second == "city" else w.people)
+        q, trace, a, _ = L.composed_item(w, first, second, p, style, r, middle, answer)
         return qa_document(q, a, trace)
 
     # ------------------------------------------------------------------ boolean

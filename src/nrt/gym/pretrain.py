@@ -230,7 +230,9 @@ def pretrain(cfg: PretrainConfig, log=print, overwrite: bool = False) -> Path:
 
 
 GAIN_TRACES = 4  # sampled traces per question for the premise check
-TRACE_TOKENS = {"multihop": 48, "boolean_expressions": 48}  # the longest trace a task needs; arithmetic: 96
+ANSWER_TOKENS = {"multihop_long": 64}  # the longest greedy answer the premise check decodes (else 16)
+# the longest trace a task needs; arithmetic (not listed): 96
+TRACE_TOKENS = {"multihop": 48, "multihop_long": 48, "boolean_expressions": 48}
 
 
 def train_reasoning_gain(model, tok, items: dict, seed: int, log=print, questions: int = 512) -> dict:
@@ -254,9 +256,10 @@ def train_reasoning_gain(model, tok, items: dict, seed: int, log=print, question
     for task in items:
         train = items[task]["train"]
         sample = random.Random(seed).sample(train, min(questions, len(train)))
-        records = [QARecord(i.question, i.answer, f"{task} train") for i in sample]
-        examples, _ = tokenize_records(records, tok, "{question}\n", max_prompt_length=256, max_answer_length=32)
-        cfg = ProbeConfig(samples=GAIN_TRACES, max_trace_tokens=TRACE_TOKENS.get(task, 96), max_answer_tokens=16,
+        records = [QARecord(i.question, i.answer, f"{task} train", (i.key,) if i.key else ()) for i in sample]
+        examples, _ = tokenize_records(records, tok, "{question}\n", max_prompt_length=256, max_answer_length=80)
+        cfg = ProbeConfig(samples=GAIN_TRACES, max_trace_tokens=TRACE_TOKENS.get(task, 96),
+                          max_answer_tokens=ANSWER_TOKENS.get(task, 16),
                           batch_size=64, seed=seed)
         s, _ = probe(model, tok, examples, [i.answer for i in sample], cfg, rs)
         mean, stderr = s["reasoning_gain"], s["reasoning_gain_se"]
@@ -279,6 +282,7 @@ def train_reasoning_gain(model, tok, items: dict, seed: int, log=print, question
 
 BASE_PRETRAIN = {"tasks": ("multihop",), "steps": 600}  # models/gym-base: the multi-hop world only
 BBH_BASE_PRETRAIN = {"tasks": T.TASKS, "steps": 2300}  # models/gym-bbh, the demo's base: all three tasks
+LONG_BASE_PRETRAIN = {"tasks": ("multihop", "multihop_long"), "steps": 1200}  # models/gym-long: long answers
 SECONDS_PER_STEP = 0.65  # measured on 2 CPU cores with nothing else running (8192 tokens per step)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from nrt.data import answer_correct
 from nrt.gym import tasks as T
 from nrt.gym import world as W
 from nrt.gym.tokenizer import RESPONSE_START
@@ -137,7 +138,8 @@ def probe_items(model, tok, items: list[T.Item], world: W.World | None = None,
     res = {"n": len(items)}
     for mode in ("direct", "think", "free"):
         got = decode(model, tok, qs, mode, max_new_tokens)
-        res[f"{mode}_acc"] = sum(a == i.answer for (_, a), i in zip(got, items)) / len(items)
+        res[f"{mode}_acc"] = sum(a is not None and answer_correct(a, i.answer, (i.key,) if i.key else ())
+                                 for (_, a), i in zip(got, items)) / len(items)
         if mode == "free":
             res["free_think_share_greedy"] = sum(bool(t) for t, _ in got) / len(items)
         if mode == "think" and world is not None:

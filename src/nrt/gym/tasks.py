@@ -17,6 +17,8 @@ used to write pretraining documents (corpus.py).
     binary operation at a time (`*` first, then left to right), then the outer operation,
     written without spaces to halve its length: "-1+2+9*5=-1+2+45=1+45=46. ... 46-22=24."
 - `multihop`: composed questions over the world of world.py (answer: a name).
+- `multihop_long`: the same composed questions answered in one to several sentences
+  (long_answer.py); each item's `key` is the composed fact, the span that decides correctness.
 
 Every split is disjoint from the others and from the `pretrain` pool that only the corpus
 uses. The BIG-Bench-Hard questions (evaluation data) are removed from all of them by
@@ -35,7 +37,10 @@ from functools import lru_cache
 from nrt.gym import world as W
 from nrt.gym.bbh_hashes import is_bbh_question
 
-TASKS = ("multihop", "boolean_expressions", "multistep_arithmetic_two")
+TASKS = ("multihop", "boolean_expressions", "multistep_arithmetic_two")  # models/gym-bbh's three
+LONG_TASKS = ("multihop_long",)  # models/gym-long
+ALL_TASKS = TASKS + LONG_TASKS
+WORLD_TASKS = ("multihop", "multihop_long")  # tasks over world.py's people
 SPLITS = ("train", "validation", "test")
 DEFAULT_SIZES = {
     "boolean_expressions": {"train": 600, "validation": 150, "test": 300},
@@ -48,6 +53,7 @@ class Item:
     question: str
     answer: str
     trace: str
+    key: str = ""  # the answer's span that decides correctness (long answers); "" = the whole answer
 
 
 # --------------------------------------------------------------------------- boolean
@@ -354,6 +360,12 @@ def multihop_items(world: W.World, group: str) -> list[Item]:
     return [Item(q, a, t) for q, t, a in W.composed_questions(world, group)]
 
 
+def multihop_long_items(world: W.World, group: str, seed: int) -> list[Item]:
+    from nrt.gym import long_answer
+
+    return [Item(q, a, t, key) for q, t, a, key in long_answer.split_items(world, group, seed)]
+
+
 def task_items(task: str, seed: int = 0, sizes: dict | None = None, exclude: set[str] = frozenset(),
                pretrain_size: int = 20000, world: W.World | None = None) -> dict[str, list[Item]]:
     """Items of `task` for the splits train / validation / test and the corpus-only pool
@@ -363,11 +375,12 @@ def task_items(task: str, seed: int = 0, sizes: dict | None = None, exclude: set
     `sizes` is unused. The boolean task has only 2122 distinct 8-token questions (250 of
     them BBH's), so its pretrain pool is what the splits leave (about 800); corpus.py adds
     expressions of other lengths."""
-    if task == "multihop":
+    if task in WORLD_TASKS:
         world = world or W.make_world(seed)
-        return {g: [i for i in multihop_items(world, g) if i.question not in exclude] for g in W.GROUPS}
+        make = multihop_items if task == "multihop" else lambda w, g: multihop_long_items(w, g, seed)
+        return {g: [i for i in make(world, g) if i.question not in exclude] for g in W.GROUPS}
     if task not in DEFAULT_SIZES:
-        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+        raise ValueError(f"unknown task {task!r}; choose from {ALL_TASKS}")
     sizes = {**DEFAULT_SIZES[task], **(sizes or {})}
     rng = random.Random(f"{task}-{seed}")
     seen = set(exclude)
@@ -406,9 +419,14 @@ def new_item(task: str, rng: random.Random) -> Item:
     raise ValueError(f"unknown task {task!r}")
 
 
+def record(item: Item) -> dict:
+    """The Q&A record of an item (`nrt train` / `nrt eval` read "key" as the span to match)."""
+    return {"question": item.question, "answer": item.answer, **({"key": item.key} if item.key else {})}
+
+
 def write_splits(output_dir: str, items: dict) -> dict[str, dict[str, int]]:
     """DIR/<task>/<split>.jsonl for the train/validation/test splits, each file written whole
-    (a temporary file renamed); returns the counts."""
+    (a temporary file renamed), with a "key" field for items that have one; returns the counts."""
     from nrt.training.run_record import atomic_write_text
 
     counts = {}
@@ -418,6 +436,6 @@ def write_splits(output_dir: str, items: dict) -> dict[str, dict[str, int]]:
         counts[task] = {}
         for split in SPLITS:
             atomic_write_text(folder / f"{split}.jsonl", "".join(
-                json.dumps({"question": it.question, "answer": it.answer}) + "\n" for it in splits[split]))
+                json.dumps(record(it)) + "\n" for it in splits[split]))
             counts[task][split] = len(splits[split])
     return counts
