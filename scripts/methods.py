@@ -1,288 +1,377 @@
-"""docs/METHODS.md: every preset side by side on the reasoning gym, in two settings.
+"""docs/METHODS.md: every method at the same budget on two gym testbeds, short and long answers.
 
-    python scripts/methods.py [--seeds 0,1,2] [--output-dir artifacts/methods] [--doc docs/METHODS.md]
+    python scripts/methods.py [--testbeds bbh,long] [--seeds 0,1,2] [--doc docs/METHODS.md]
 
-(`make methods`.) Runs the runner behind `nrt compare` (`nrt.experiments.compare.run`) in two settings on
-the gym's multi-hop Q&A splits, with the same
-recipe for every method (no method is tuned: one learning rate, batch, K and step budget
-for all, and each run's best step is chosen on the gym's validation split):
+(`make methods`.) Each method (a preset, or `nrt` with another answer term) gets the same small
+search and the same recipe on each testbed:
 
-- healthy: from models/gym-base (the multi-hop world only), from which NRT learns to think;
-  its reasoning gain at the start is slightly positive (`nrt gym pretrain` reports it);
-- collapse-prone: from a base pretrained on the same corpus for only WEAK_STEPS steps
-  (built once into --output-dir), whose facts are not yet reliable, so its sampled traces
-  lower the answer likelihood at the start (negative gain; GYM_NOTES section 3).
+- seed 0 at each of LEARNING_RATES; the rate whose run reached the higher validation accuracy
+  (best step, every EVAL_EVERY steps) is the method's, then seeds 1 and 2 run at it;
+- every run's model is its best validation step (`trainer` keeps it in output_dir/best),
+  evaluated once on the testbed's test split.
 
-Then: an ablation of `nrt`'s answer term (fixed / derived / off) in the healthy setting, and
-one collapse-prone `nrt` run again with `trainer.on_collapse=stop`. Both settings train and
-evaluate on the same splits (the same world). The page's numbers,
-and the sentences that compare methods, are computed from the runs' summaries. Resumable:
-finished runs are kept (`nrt compare` skips them).
+Testbeds (src/nrt/gym): `bbh`, models/gym-bbh on its three tasks (answers of 1-2 tokens, the
+demo's data); `long`, models/gym-long on `multihop_long` (answers of 5-60 tokens whose key span
+depends on reasoning; accuracy = the key occurs in the answer).
+
+Resumable across sessions: each finished run is summarised in RESULTS/<testbed>/<method>/
+lr<rate>_seed<k>.json (tracked in git, a few kB), keyed by everything that decides the run
+(nrt.experiments.compare.run_key); a summary with the same key is read back, not redone. The
+runs themselves go to --output-dir (artifacts/, not tracked). `--doc-only` writes the page from
+the summaries there are, naming the runs still missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import math
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nrt.gym.pretrain import ensure_base
-from nrt.experiments.compare import EvalFile, Experiment, run
-
-METHODS = ["nrt", "nrt-ws-inverse-prob", "nrt-geometric-mean", "jlb", "verifree", "rlpr", "sft"]
-WEAK_STEPS = 150
-RECIPE = [  # every method, every setting
-    "trainer.learning_rate=1e-4", "trainer.warmup_ratio=0.05", "trainer.max_completion_length=48",
-    "trainer.bf16=true", "trainer.save_steps=1000", "trainer.eval_batch_size=144", "data.max_answer_length=16",
-    "trainer.max_steps=30", "trainer.eval_steps=10", "trainer.num_generations=8",
-    "trainer.per_device_train_batch_size=64", "trainer.on_collapse=warn",
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "methods"
+LEARNING_RATES = ("1e-4", "3e-4")
+STEPS, EVAL_EVERY = 100, 20
+RECIPE = [  # every method, every testbed
+    "trainer.warmup_ratio=0.05", "trainer.bf16=true", f"trainer.max_steps={STEPS}",
+    f"trainer.eval_steps={EVAL_EVERY}", "trainer.num_generations=8", "trainer.per_device_train_batch_size=64",
+    "trainer.eval_batch_size=144", "trainer.on_collapse=warn", "trainer.save_steps=25", "trainer.save_total_limit=0",
 ]
+# label -> (preset, extra options): the seven presets, then nrt's other answer terms and the marginal likelihood
+METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "nrt": ("nrt", ()),
+    "nrt-ws-inverse-prob": ("nrt-ws-inverse-prob", ()),
+    "nrt-geometric-mean": ("nrt-geometric-mean", ()),
+    "jlb": ("jlb", ()),
+    "verifree": ("verifree", ()),
+    "rlpr": ("rlpr", ()),
+    "sft": ("sft", ()),
+    "nrt answer=derived": ("nrt", ("method.answer_loss=derived",)),
+    "nrt answer=off": ("nrt", ("method.answer_loss=off",)),
+    "nrt-marginal": ("nrt-marginal", ()),
+}
+# the reward of each method that samples traces (NRT_SPEC section 4)
+AGGREGATION = {"nrt": "weighted_sum_log_prob", "nrt-ws-inverse-prob": "weighted_sum_inverse_prob",
+               "nrt-geometric-mean": "geometric_mean", "jlb": "log_prob", "verifree": "prob",
+               "rlpr": "arithmetic_mean", "nrt-marginal": "log_prob (posterior weights)"}
 
 
-def gym_experiment(base: Path, data: Path, output_dir: Path, methods: list[str], seeds: list[int],
-                   extra: tuple[str, ...] = (), include_base: bool = True) -> Experiment:
-    """The recipe on the gym's multi-hop splits: train, validation-selected, evaluated on test."""
+@dataclass(frozen=True)
+class Testbed:
+    name: str
+    title: str
+    base: str
+    pretrain: dict
+    tasks: tuple[str, ...]
+    trace_tokens: int
+    answer_tokens: int  # data.max_answer_length (eos included) and the evaluation's answer budget
+    extra: tuple[str, ...] = field(default=())
+
+
+def testbeds() -> dict[str, Testbed]:
+    from nrt.gym.pretrain import BBH_BASE_PRETRAIN, LONG_BASE_PRETRAIN
+
+    return {
+        "bbh": Testbed("bbh", "short answers: models/gym-bbh, its three tasks", "models/gym-bbh", BBH_BASE_PRETRAIN,
+                       ("multihop", "boolean_expressions", "multistep_arithmetic_two"), 96, 16),
+        "long": Testbed("long", "long answers: models/gym-long, multihop_long", "models/gym-long", LONG_BASE_PRETRAIN,
+                        ("multihop_long",), 48, 80),
+    }
+
+
+def testbed_data(bed: Testbed, out: Path) -> tuple[Path, Path, dict[str, Path]]:
+    """(train, validation, {test name: file}) for a testbed, written once from its base's gym world."""
+    from nrt.commands.demo import write_mixed
+    from nrt.gym.probe import gym_corpus_of
+    from nrt.gym.tasks import write_splits
+
+    data = out / "data" / bed.name
+    if not all((data / t / "test.jsonl").is_file() for t in bed.tasks):
+        corpus = gym_corpus_of(bed.base)
+        write_splits(str(data), {t: corpus.items[t] for t in bed.tasks})
+    train, validation = write_mixed(data, list(bed.tasks))
+    return train, validation, {f"gym_{t}": data / t / "test.jsonl" for t in bed.tasks}
+
+
+def experiment(bed: Testbed, label: str, lr: str, seed: int, out: Path, data):
+    from nrt.experiments.compare import EvalFile, Experiment
+
+    train, validation, tests = data
+    preset, extra = METHODS[label]
     return Experiment(
-        base_model=str(base), train_data=str(data / "train.jsonl"), output_dir=output_dir, methods=methods,
-        seeds=seeds, eval_sets=[EvalFile("gym_test", str(data / "test.jsonl"))],
-        validation_data=str(data / "validation.jsonl"), overrides=[*RECIPE, *extra], select="best",
-        max_trace_tokens=48, include_base=include_base,
-    )
+        base_model=bed.base, train_data=str(train), output_dir=out / bed.name / label.replace(" ", "_") / f"lr{lr}",
+        methods=[preset], seeds=[seed], eval_sets=[EvalFile(n, str(p)) for n, p in tests.items()],
+        validation_data=str(validation), select="best", include_base=False,
+        overrides=[*RECIPE, f"trainer.learning_rate={lr}", f"trainer.max_completion_length={bed.trace_tokens}",
+                   f"data.max_answer_length={bed.answer_tokens}", *bed.extra, *extra],
+        max_trace_tokens=bed.trace_tokens, max_answer_tokens=bed.answer_tokens)
 
 
-def setting(name: str, base: Path, data: Path, out: Path, seeds: list[int]) -> dict:
-    summary = run(gym_experiment(base, data, out / name, METHODS, seeds))
-    summary["output_dir"] = str(out / name)
-    summary["gain_train"] = json.loads((base / "gym.json").read_text()).get("reasoning_gain_train", {})
+CURVE_KEYS = ("trace_length_mean", "trace_entropy", "reward_mean", "reasoning_gain", "eval_accuracy", "loss")
+
+
+def summary_path(bed: str, label: str, lr: str, seed: int) -> Path:
+    return RESULTS / bed / label.replace(" ", "_") / f"lr{lr}_seed{seed}.json"
+
+
+def run_one(bed: Testbed, label: str, lr: str, seed: int, out: Path, data, log=print) -> dict:
+    """Train and evaluate one run unless its summary (same key) is already stored; returns the summary."""
+    from nrt.evaluation.report import read_metrics
+    from nrt.experiments.compare import evaluate_model, run_directory, run_key, train
+    from nrt.training.run_record import atomic_write_text
+
+    exp = experiment(bed, label, lr, seed, out, data)
+    preset = METHODS[label][0]
+    key, path = run_key(exp, preset, seed), summary_path(bed.name, label, lr, seed)
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored
+    log(f"[{bed.name}] {label} lr={lr} seed={seed}: training")
+    tick = time.perf_counter()
+    info = train(exp, preset, seed)
+    directory = run_directory(exp, preset, seed)
+    model_dir = directory / "best" if (directory / "best").is_dir() else directory
+    tests = evaluate_model(exp, model_dir, directory / "eval")
+    records = read_metrics(directory)
+    validation = [(r["step"], r["eval_accuracy"]) for r in records if "eval_accuracy" in r]
+    best = max(validation, key=lambda sv: sv[1]) if validation else (None, float("nan"))
+    summary = {
+        "testbed": bed.name, "method": label, "preset": preset, "learning_rate": lr, "seed": seed, "key": key,
+        "overrides": exp.overrides, "train_wall_s": info["wall_s"], "wall_s": time.perf_counter() - tick,
+        "collapse_step": info["collapse_step"], "validation": validation, "best_step": best[0],
+        "validation_best": best[1], "test": tests,
+        "curves": [{k: r[k] for k in ("step", *CURVE_KEYS) if k in r} for r in records],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(summary, indent=1))
+    log(f"[{bed.name}] {label} lr={lr} seed={seed}: validation {best[1]:.3f} at step {best[0]}, "
+        + ", ".join(f"{n} {100 * s['accuracy']:.1f}%" for n, s in tests.items()) + f" ({summary['wall_s']:.0f} s)")
     return summary
 
 
-ANSWER_TERMS = ("fixed", "derived", "off")
+def stored(bed: str, label: str, lr: str, seed: int) -> dict | None:
+    path = summary_path(bed, label, lr, seed)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
-def answer_term_ablation(base: Path, data: Path, out: Path, seeds: list[int], healthy: dict) -> str:
-    """`nrt` with each answer-term variant (`method.answer_loss`) in the healthy setting, same
-    recipe and seeds; "fixed" is the preset's own, i.e. the healthy table's `nrt` row. A
-    separate section: it gives `nrt` extra runs, so it is not part of the equal-budget table."""
-    from nrt.evaluation.report import fmt, markdown_table, mean_std
-
-    runs = {"fixed": [r for r in healthy["runs"] if r["method"] == "nrt"]}
-    directories = {"fixed": out / "healthy"}
-    for variant in ANSWER_TERMS[1:]:
-        directories[variant] = out / f"healthy-answer-{variant}"
-        exp = gym_experiment(base, data, directories[variant], ["nrt"], seeds,
-                             extra=(f"method.answer_loss={variant}",), include_base=False)
-        runs[variant] = run(exp)["runs"]
-    rows, means, per_seed = [], {}, {}
-    for variant in ANSWER_TERMS:
-        runs[variant] = sorted(runs[variant], key=lambda r: r["seed"])
-        acc = [r["eval"]["gym_test"]["accuracy"] for r in runs[variant]]
-        means[variant], per_seed[variant] = 100 * mean(acc), acc
-        last = [trace_lengths(str(directories[variant]), "nrt", r["seed"])[1] for r in runs[variant]]
-        rows.append([f"`method.answer_loss={variant}`", fmt(*mean_std(acc), percent=True),
-                     " / ".join(f"{100 * a:.1f}" for a in acc), fmt(*mean_std(last), digits=1),
-                     f"{sum(r['collapse_step'] is not None for r in runs[variant])}/{len(acc)}"])
-    table = markdown_table(["answer term", "gym_test acc %", "per seed", "trace len (final)", "collapse"], rows)
-    return (f"## The answer term of `nrt`, healthy setting\n\nThe same recipe and seeds, `--method nrt` with "
-            f"each answer-term variant (fixed: the preset's own, the `nrt` row above; derived: the token "
-            f"signal of NRT_SPEC section 6; off: no answer term). Extra runs for `nrt` only, so this is an "
-            f"ablation, not part of the equal-budget comparison.\n\n{table}\n\nAgainst the preset's fixed "
-            f"answer term: " + ", ".join(f"{v} {means[v] - means['fixed']:+.1f} points" for v in ANSWER_TERMS[1:])
-            + " of mean test accuracy; per seed, " + "; ".join(
-                f"{v} " + " / ".join(f"{100 * (a - b):+.1f}" for a, b in zip(per_seed[v], per_seed["fixed"]))
-                for v in ANSWER_TERMS[1:]) + " points.\n")
+def chosen_rate(bed: str, label: str) -> str | None:
+    """The learning rate whose seed-0 run had the higher best validation accuracy (ties: the first);
+    None until every rate's seed-0 run is stored."""
+    runs = [stored(bed, label, lr, 0) for lr in LEARNING_RATES]
+    if any(r is None for r in runs):
+        return None
+    return max(zip(LEARNING_RATES, runs), key=lambda pair: pair[1]["validation_best"])[0]
 
 
-def stop_on_collapse(base: Path, data: Path, out: Path) -> dict:
-    """The collapse-prone setting's `nrt` seed 0 again, with `trainer.on_collapse=stop` and a
-    checkpoint every 5 steps: the detector ends the run and keeps the last healthy checkpoint."""
-    import subprocess
-
-    directory = out / "collapse-stop"
-    record = directory / "stop.json"
-    if record.is_file():
-        return json.loads(record.read_text())
-    shutil.rmtree(directory, ignore_errors=True)
-    argv = [sys.executable, "-m", "nrt", "train", "--method", "nrt", "--model", str(base),
-            "--data", str(data / "train.jsonl"), "--output-dir", str(directory), "trainer.seed=0",
-            *[o for o in RECIPE if not o.startswith(("trainer.on_collapse", "trainer.save_steps"))],
-            "trainer.on_collapse=stop", "trainer.save_steps=5"]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    lines = done.stderr.splitlines()
-    first = next((i for i, line in enumerate(lines) if "policy collapse" in line), len(lines))
-    message = " ".join(line.strip() for line in lines[first:])  # the stop line
-    kept = sorted(p.name for p in directory.glob("checkpoint-*"))
-    result = {"command": " ".join(["nrt", *argv[3:]]), "exit_code": done.returncode, "stderr": message,
-              "checkpoints_kept": kept}
-    record.write_text(json.dumps(result, indent=1))
-    return result
+def run_testbed(bed: Testbed, seeds: list[int], out: Path, labels: list[str]) -> None:
+    """The search (seed 0 at every rate, every method), then the other seeds at each method's rate."""
+    data = testbed_data(bed, out)
+    for label in labels:
+        for lr in LEARNING_RATES:
+            run_one(bed, label, lr, 0, out, data)
+    for seed in [s for s in seeds if s != 0]:
+        for label in labels:
+            run_one(bed, label, chosen_rate(bed.name, label), seed, out, data)
 
 
-def accuracy(summary: dict, method: str) -> list[float]:
-    return [100 * r["eval"]["gym_test"]["accuracy"] for r in summary["runs"] if r["method"] == method]
+# ---- the page: every number below is read from the stored summaries
 
 
-def trace_lengths(output_dir: str, method: str, seed: int) -> tuple[float, float]:
-    """(first, last) logged `trace_length_mean` of one run."""
-    from nrt.experiments.compare import read_metrics
-
-    values = [r["trace_length_mean"] for r in read_metrics(Path(output_dir) / "runs" / method / f"seed{seed}")
-              if "trace_length_mean" in r]
-    return values[0], values[-1]
+def mean_sd(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
 
 
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
+def final_runs(bed: str, label: str, seeds: list[int]) -> list[dict]:
+    lr = chosen_rate(bed, label)
+    return [r for r in (stored(bed, label, lr, s) for s in seeds) if r is not None] if lr else []
 
 
-def findings(summary: dict) -> list[str]:
-    """The answers to the paper's claims for one setting, computed from its runs."""
-    means = {m: mean(accuracy(summary, m)) for m in METHODS}
-    base = 100 * summary["base"]["gym_test"]["accuracy"]
-    ranked = sorted(METHODS, key=means.get, reverse=True)
-    prior = ["jlb", "verifree", "rlpr"]
-    lines = [
-        f"Best mean test accuracy: `{ranked[0]}` ({means[ranked[0]]:.1f}%); base model {base:.1f}%.",
-        f"`nrt` vs `sft`: {means['nrt']:.1f}% vs {means['sft']:.1f}% "
-        f"({means['nrt'] - means['sft']:+.1f} points).",
-        "`nrt` vs the prior verifier-free methods: "
-        + ", ".join(f"`{m}` {means[m]:.1f}% ({means['nrt'] - means[m]:+.1f})" for m in prior) + ".",
+def test_accuracy(run: dict) -> float:
+    """Mean test accuracy over the testbed's test sets (they are the same size), in %."""
+    return 100 * sum(s["accuracy"] for s in run["test"].values()) / len(run["test"])
+
+
+def first_last(run: dict, key: str) -> tuple[float, float] | None:
+    values = [c[key] for c in run["curves"] if key in c]
+    return (values[0], values[-1]) if values else None
+
+
+def method_row(bed: str, label: str, seeds: list[int]) -> tuple[list[str], dict]:
+    runs = final_runs(bed, label, seeds)
+    search = [stored(bed, label, lr, 0) for lr in LEARNING_RATES]
+    search_cell = " / ".join("-" if r is None else f"{100 * r['validation_best']:.1f}" for r in search)
+    if not runs:
+        return [f"`{label}`", search_cell, "not run yet", "", "", "", "", "", "", ""], {}
+    acc = [test_accuracy(r) for r in runs]
+    names = list(runs[0]["test"])
+    gain = [sum(r["test"][n]["reasoning_gain"] for n in names) / len(names) for r in runs]
+    logp = [sum(r["test"][n]["answer_logprob"] for n in names) / len(names) for r in runs]
+    lengths = [first_last(r, "trace_length_mean") for r in runs]
+    entropy = [first_last(r, "trace_entropy") for r in runs]
+    m, s = mean_sd(acc)
+    cells = [
+        f"`{label}`", search_cell + f" → {runs[0]['learning_rate']}", f"{m:.1f} ± {s:.1f}",
+        " / ".join(f"{a:.1f}" for a in acc), "{:.2f} ± {:.2f}".format(*mean_sd(logp)),
+        "{:+.2f} ± {:.2f}".format(*mean_sd(gain)),
+        "n/a" if None in lengths else "{:.1f} → {:.1f}".format(*[mean_sd([x[i] for x in lengths])[0] for i in (0, 1)]),
+        "n/a" if None in entropy else "{:.2f} → {:.2f}".format(*[mean_sd([x[i] for x in entropy])[0] for i in (0, 1)]),
+        f"{sum(r['collapse_step'] is not None for r in runs)}/{len(runs)}",
+        "{:.0f}".format(mean_sd([r["wall_s"] for r in runs])[0]),
     ]
-    lines.append("Test accuracy per seed: " + "; ".join(
-        f"`{m}` " + " / ".join(f"{a:.1f}" for a in accuracy(summary, m)) for m in METHODS) + ".")
-    lengths = {m: [trace_lengths(summary["output_dir"], m, r["seed"]) for r in summary["runs"] if r["method"] == m]
-               for m in METHODS if m != "sft"}
-    lines.append("Mean trace length (tokens), first step -> last step, mean over seeds: " + "; ".join(
-        f"`{m}` {mean([x[0] for x in v]):.1f} -> {mean([x[1] for x in v]):.1f}" for m, v in lengths.items()) + ".")
-    collapsed = {}
-    for r in summary["runs"]:
-        if r["collapse_step"] is not None:
-            collapsed.setdefault(r["method"], []).append(f"seed {r['seed']} at step {r['collapse_step']}")
-    if collapsed:
-        lines.append("Collapse detected: " + "; ".join(f"`{m}` ({', '.join(v)})" for m, v in collapsed.items()) + ".")
-    else:
-        lines.append("No run tripped the collapse detector.")
-    return lines
+    return cells, {"acc": acc, "mean": m, "sd": s, "runs": runs}
 
 
-def answers(results: dict[str, dict]) -> str:
-    """The paper's claims (NRT beats SFT and the prior verifier-free methods; weighted-sum
-    rewards do not collapse), answered from the runs; each sentence only where its data says so."""
-    out = ["## The paper's claims on this testbed\n"]
-    for name, summary in results.items():
-        means = {m: mean(accuracy(summary, m)) for m in METHODS}
-        better = [m for m in ("sft", "jlb", "verifree", "rlpr") if means["nrt"] > means[m]]
-        worse = [m for m in ("sft", "jlb", "verifree", "rlpr") if means["nrt"] <= means[m]]
-        collapses = {m: sum(r["collapse_step"] is not None for r in summary["runs"] if r["method"] == m)
-                     for m in METHODS if m != "sft"}
-        text = f"- {name}: on mean test accuracy `nrt` "
-        beaten = ", ".join(f"`{m}`" for m in better)
-        text += f"beats {beaten}" if better else "beats none of `sft`, `jlb`, `verifree`, `rlpr`"
-        text += (f"; it does not beat {', '.join(f'`{m}`' for m in worse)}" if better and worse else "") + ". "
-        collapsed = [f"`{m}` {c}/{len(summary['runs']) // len(METHODS)}" for m, c in collapses.items() if c]
-        text += ("Runs that collapsed: " + ", ".join(collapsed) + "." if collapsed else "No run collapsed.")
-        out.append(text)
-    healthy = results.get("healthy")
-    beat_nrt = healthy and {m for m in METHODS if mean(accuracy(healthy, m)) > mean(accuracy(healthy, "nrt"))}
-    if beat_nrt == {"verifree", "rlpr"}:
-        out.append("\nIn the healthy setting, the two methods that beat `nrt` are the two whose answer term does "
-                   "not train the reference answer after every trace: VeriFree weights it by the trace's reward, "
-                   "RLPR has none. GYM_NOTES section 4 saw NRT with the answer term off beat NRT with it on, on an "
-                   "earlier version of this world. Every preset above ran as specified; the next section measures "
-                   "`nrt` with the other answer-term variants.")
-    return "\n".join(out) + "\n"
+def testbed_section(bed: Testbed, seeds: list[int], doc_dir: Path) -> tuple[str, dict]:
+    from nrt.evaluation.report import markdown_table, plot_curves
+
+    rows, stats = [], {}
+    for label in METHODS:
+        cells, stats[label] = method_row(bed.name, label, seeds)
+        rows.append(cells)
+    header = ["method", "validation % at " + " / ".join(LEARNING_RATES) + " → chosen", "test acc %",
+              "per seed", "answer log-lik", "gain (nats)", "trace len first → last", "entropy first → last",
+              "collapse", "wall s"]
+    gain = json.loads((Path(bed.base) / "gym.json").read_text()).get("reasoning_gain_train", {})
+    premise = "; ".join(f"{t}: direct {100 * g['direct_accuracy']:.1f}%, forced think {100 * g['think_accuracy']:.1f}%,"
+                        f" gain {g['mean']:+.3f} ± {g['stderr']:.3f} nats" for t, g in gain.items()
+                        if t in bed.tasks and "direct_accuracy" in g)
+    text = (f"## Testbed `{bed.name}`: {bed.title}\n\nThe base model before any run (its gym.json, training "
+            f"questions): {premise or 'not recorded'}. Trace budget {bed.trace_tokens} tokens, answer budget "
+            f"{bed.answer_tokens}.\n\n{markdown_table(header, rows)}\n")
+    curves = {label: [r["curves"] for r in s["runs"]] for label, s in stats.items() if s and label != "sft"}
+    if curves:
+        figure = plot_curves(curves, {"trace_length_mean": "trace length (tokens)", "trace_entropy":
+                                      "trace token entropy", "reward_mean": "reward (before normalisation)",
+                                      "eval_accuracy": "validation accuracy"},
+                             doc_dir / f"methods_{bed.name}.png", title=f"testbed {bed.name}, mean over seeds")
+        text += f"\n![{bed.name} curves]({figure.name})\n"
+    return text, stats
 
 
-def write_doc(path: Path, out: Path, seeds: list[int], results: dict[str, dict], command: str,
-              stop: dict | None = None, ablation: str | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [f"""# Methods side by side on the reasoning gym
+def differ(a: dict, b: dict) -> bool:
+    """Means further apart than the two seed standard deviations together."""
+    return abs(a["mean"] - b["mean"]) > a["sd"] + b["sd"]
 
-Produced by `{command}` (`make methods`); mean ± std over seeds {', '.join(map(str, seeds))}.
-Every method runs the same recipe: {', '.join(f'`{o}`' for o in RECIPE)}. `--method NAME`
-applies the preset first (src/nrt/presets.py; NRT_SPEC section 8), so only the preset's own
-options differ between rows. No method was tuned: the search budget is the same for all
-(one setting, and each run's best step, every 10 steps, on the gym's validation split). SFT
-trains on question -> answer directly with the same batch size in sequences (64 questions
-per step against 8 questions x 8 traces). Accuracy is exact match after the model's own
-greedy think-then-answer on the gym's multi-hop test split (288 questions about people
-whose composed questions never appear in pretraining or training); "gain" is the answer
-log-likelihood after a sampled trace minus without one on that split. The collapse column
-is the detector of src/nrt/training/collapse.py (trace length or entropy below 0.25 x its value over
-the first 5 steps, for 5 consecutive steps), run with `on_collapse=warn` so every curve
-runs to the end.
-"""]
-    titles = {"healthy": "Healthy setting: models/gym-base", "collapse-prone": f"Collapse-prone setting: "
-              f"the same corpus, {WEAK_STEPS} pretraining steps"}
-    for name in [n for n in titles if n in results]:
-        summary = results[name]
-        figure = path.parent / f"methods_{name}.png"
-        shutil.copy(out / name / "curves.png", figure)
-        gain = ", ".join(f"{t} {g['mean']:+.3f} ± {g['stderr']:.3f} nats (mean ± standard error over {g['questions']} "
-                         f"questions)" for t, g in summary["gain_train"].items()) or "not recorded"
-        parts.append(f"## {titles[name]}\n\nBase model's reasoning gain on the training questions at the "
-                     f"start (from its gym.json): {gain}.\n\n{summary['table']}\n\n![{name} curves]({figure.name})\n\n"
-                     + "\n".join(f"- {line}" for line in findings(summary)) + "\n")
-    parts.append(answers(results))
-    if ablation:
-        parts.append(ablation)
-    if stop is not None:
-        parts.append(f"""## `on_collapse=stop` on a real collapse
 
-The collapse-prone setting's `nrt` run, seed 0, again with `trainer.on_collapse=stop` and a
-checkpoint every 5 steps:
+def questions(stats: dict, n_seeds: int) -> str:
+    """The three questions of the comparison, answered from one testbed's numbers."""
+    done = {label: s for label, s in stats.items() if s and len(s["acc"]) == n_seeds}
+    lines = []
+    aggregations = [m for m in AGGREGATION if m in done]
+    if len(aggregations) >= 2:
+        ranked = sorted(aggregations, key=lambda m: done[m]["mean"], reverse=True)
+        apart = [(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1:] if differ(done[a], done[b])]
+        lines.append(
+            "1. Do the aggregations differ? Mean test accuracy by reward: " + ", ".join(
+                f"`{m}` ({AGGREGATION[m]}) {done[m]['mean']:.1f} ± {done[m]['sd']:.1f}" for m in ranked)
+            + f"; spread {done[ranked[0]]['mean'] - done[ranked[-1]]['mean']:.1f} points. "
+            + (f"{len(apart)} of {len(ranked) * (len(ranked) - 1) // 2} pairs are further apart than their two "
+               f"seed sds together: " + ", ".join(f"`{a}` > `{b}`" for a, b in apart) + "." if apart else
+               "No pair is further apart than its two seed sds together."))
+    sampled = [m for m in done if m != "sft"]
+    if sampled:
+        collapsed = {m: sum(r["collapse_step"] is not None for r in done[m]["runs"]) for m in sampled}
+        hit = [f"`{m}` {c}/{n_seeds}" for m, c in collapsed.items() if c]
+        lines.append("2. Which methods collapse? " + (", ".join(hit) + " (the detector of "
+                     "src/nrt/training/collapse.py)." if hit else f"No run of the {len(sampled)} methods tripped "
+                     "the collapse detector."))
+    if "nrt" in done:
+        rivals = [m for m in ("verifree", "rlpr", "jlb", "sft") if m in done]
+        verdict = []
+        for m in rivals:
+            d = done["nrt"]["mean"] - done[m]["mean"]
+            per_seed = " / ".join(f"{a - b:+.1f}" for a, b in zip(done["nrt"]["acc"], done[m]["acc"]))
+            word = "beats" if d > 0 else "loses to"
+            word += "" if differ(done["nrt"], done[m]) else " (within the seed sds)"
+            verdict.append(f"{word} `{m}` by {abs(d):.1f} points (per seed {per_seed})")
+        lines.append("3. Does `nrt` (default preset) beat the others? It " + "; ".join(verdict) + ".")
+    return "\n".join(lines) + "\n" if lines else ""
 
-    {stop['command']}
 
-Exit code {stop['exit_code']} (3 = stopped by the collapse detector). Its message (stderr):
+def write_doc(path: Path, beds: list[Testbed], seeds: list[int], command: str) -> None:
+    from nrt.training.run_record import atomic_write_text
 
-    {stop['stderr']}
+    sections, missing, wall = [], 0, 0.0
+    for bed in beds:
+        text, stats = testbed_section(bed, seeds, path.parent)
+        text += "\n" + questions(stats, len(seeds))
+        sections.append(text)
+    for bed in beds:
+        for label in METHODS:
+            for lr in LEARNING_RATES:
+                r = stored(bed.name, label, lr, 0)
+                missing += r is None
+                wall += r["wall_s"] if r else 0.0
+            rate = chosen_rate(bed.name, label)
+            for seed in [s for s in seeds if s != 0]:
+                r = stored(bed.name, label, rate, seed) if rate else None
+                missing += r is None
+                wall += r["wall_s"] if r else 0.0
+    status = (f"All {len(beds) * len(METHODS) * (len(LEARNING_RATES) + len(seeds) - 1)} runs are in." if not missing
+              else f"**{missing} runs are still missing**: rerun the command; it does only those.")
+    head = f"""# Methods side by side on the reasoning gym: short and long answers
 
-Checkpoints left in the run directory: {', '.join(stop['checkpoints_kept']) or 'none'} (the
-last one before the unhealthy streak began is also copied to the run directory as its model).
-""")
-    path.write_text("\n".join(parts))
+Produced by `{command}` (`make methods`) on the 2-core CPU machine; the runs took {wall / 3600:.1f} h
+of wall time in all (training and test evaluation, `wall_s` of each summary in results/methods/).
+{status}
+
+Every method runs the same recipe, {', '.join(f'`{o}`' for o in RECIPE)}, with the testbed's
+trace and answer budgets, after its preset (src/nrt/presets.py; NRT_SPEC section 8). The same
+search for every method: seed 0 at learning rates {' and '.join(LEARNING_RATES)}; the rate with the
+higher validation accuracy (best of the steps every {EVAL_EVERY}) is kept and seeds
+{', '.join(str(s) for s in seeds if s != 0)} run at it. Each run's model is its best validation step,
+evaluated once on the test split (questions about people whose composed facts never appear in
+pretraining or training). Test accuracy: exact match after the model's own greedy think-then-answer
+(on `multihop_long`, the key span occurs in the answer as a whole word); mean ± sd over seeds
+{', '.join(map(str, seeds))} and per seed. Answer log-lik: the reference answer's summed log-probability
+after a sampled trace; gain: that minus the same without a trace (nats). Trace length and entropy:
+the training batch's, at the first and last step. Collapse: the detector of
+src/nrt/training/collapse.py, run with `on_collapse=warn` so every curve runs to the end. SFT
+trains on question -> answer with the same batch in sequences (64 questions per step against 8
+questions x 8 traces). `nrt answer=derived` / `answer=off` are `nrt` with `method.answer_loss`
+changed; `nrt-marginal` is the K-sample marginal likelihood (not a method of the paper).
+"""
+    atomic_write_text(path, head + "\n" + "\n".join(sections))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--testbeds", default="bbh,long")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated labels (default: all)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--output-dir", default="artifacts/methods")
-    p.add_argument("--base", default="models/gym-base")
     p.add_argument("--doc", default="docs/METHODS.md")
-    p.add_argument("--settings", default="healthy,collapse-prone")
+    p.add_argument("--doc-only", action="store_true", help="write the page from the stored summaries; train nothing")
     args = p.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         p.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
-    out = Path(args.output_dir)
-    base = Path(args.base)
-    if not (base / "gym.json").is_file():
-        sys.exit(f"--base {base}: no gym model there (run `nrt gym pretrain` or `make demo` first)")
-    data = out / "data" / "multihop"
-    if not (data / "test.jsonl").is_file():
-        from nrt.gym.tasks import write_splits
-        from nrt.gym.probe import gym_corpus_of
+    if 0 not in seeds:
+        p.error(f"--seeds {args.seeds!r}: seed 0 runs the learning-rate search and must be included")
+    beds = testbeds()
+    unknown = [b for b in args.testbeds.split(",") if b not in beds]
+    if unknown:
+        p.error(f"--testbeds: unknown testbed {unknown[0]!r} (valid: {', '.join(beds)})")
+    labels = args.methods.split(",")
+    if any(label not in METHODS for label in labels):
+        p.error(f"--methods: unknown method {next(x for x in labels if x not in METHODS)!r} "
+                f"(valid: {', '.join(METHODS)})")
+    chosen = [beds[b] for b in args.testbeds.split(",")]
+    if not args.doc_only:
+        from nrt.gym.pretrain import ensure_base
 
-        write_splits(str(out / "data"), {"multihop": gym_corpus_of(str(base)).items["multihop"]})
-    bases = {"healthy": base, "collapse-prone": out / "gym-weak"}
-    results = {}
-    for name in args.settings.split(","):
-        if name not in bases:
-            sys.exit(f"--settings: unknown setting {name!r} (valid: {', '.join(bases)})")
-        if name == "collapse-prone":
-            ensure_base(bases[name], tasks=("multihop",), steps=WEAK_STEPS)
-            worlds = [json.loads((b / "gym.json").read_text())["corpus_config"] for b in (base, bases[name])]
-            if worlds[0] != worlds[1]:
-                sys.exit(f"{bases[name]} was built on another gym world than {base}; delete it to rebuild")
-        results[name] = setting(name, bases[name], data, out, seeds)
-    stop = stop_on_collapse(bases["collapse-prone"], data, out) if "collapse-prone" in results else None
-    ablation = answer_term_ablation(base, data, out, seeds, results["healthy"]) if "healthy" in results else None
-    command = "python scripts/methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_doc(Path(args.doc), out, seeds, results, command.strip(), stop, ablation)
+        for bed in chosen:
+            ensure_base(Path(bed.base), **bed.pretrain)
+            run_testbed(bed, seeds, Path(args.output_dir), labels)
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--doc-only"]
+    command = "python scripts/methods.py " + " ".join(given)
+    write_doc(Path(args.doc), chosen, seeds, command.strip())
     print(f"wrote {args.doc}")
 
 

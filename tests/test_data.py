@@ -416,3 +416,31 @@ def test_eos_text_inside_answer_is_rejected():
         DataError, match=r"^d.jsonl:4: answer contains the end-of-sequence token '</s>'"
     ):
         tokenize_records([QARecord("q", "a</s>b", "d.jsonl:4")], tok, "{question}\n", 50, 50)
+
+
+def test_key_field_is_read_and_checked(tmp_path):
+    """The optional "key" of a record (a span, or a list of spans, that only reasoning gets right)
+    is kept, and a key that could never be matched is refused with its place."""
+    from nrt.data import answer_correct, key_matches
+
+    p = tmp_path / "k.jsonl"
+    p.write_text(json.dumps({"question": "q1", "answer": "She lives in Oslo.", "key": "oslo"}) + "\n"
+                 + json.dumps({"question": "q2", "answer": "It is 12 and 3.", "key": ["12", "3"]}) + "\n"
+                 + json.dumps({"question": "q3", "answer": "plain"}) + "\n")
+    records = load_qa_records(str(p))
+    assert [r.key for r in records] == [("oslo",), ("12", "3"), ()]
+    for bad, message in ((5, "must be a string or a non-empty list of strings, got int"),
+                         ([], "must be a string or a non-empty list of strings"),
+                         (" ", "holds an empty span"),
+                         ("osl", "key span 'osl' does not occur in the answer as whole words")):
+        p.write_text(json.dumps({"question": "q", "answer": "ok"}) + "\n"
+                     + json.dumps({"question": "q", "answer": "She lives in Oslo.", "key": bad}) + "\n")
+        with pytest.raises(DataError, match=at(p) + ":2: " + re.escape(f"field 'key' {message}")
+                           if "span '" not in message else at(p) + ":2: " + re.escape(message)):
+            load_qa_records(str(p))
+    # whole words after normalisation; every span must occur; without a key, exact match
+    assert key_matches("she lives in  OSLO.", ("oslo",)) and not key_matches("oslovia", ("oslo",))
+    assert key_matches("12 then 3", ("12", "3")) and not key_matches("12 then 4", ("12", "3"))
+    assert answer_correct("so it is oslo.", "She lives in Oslo.", ("oslo",))
+    assert not answer_correct("so it is oslo.", "She lives in Oslo.")
+    assert answer_correct(" she lives in oslo. ", "She lives in Oslo.")

@@ -114,3 +114,49 @@ def test_composed_questions_only_for_the_pretrain_group(corpus):
             subject = d.split("\n")[0].rstrip("?").removesuffix(" live").split(" of ")[-1]
             assert subject in pre
     assert W.GROUPS[0] == "pretrain"
+
+
+@pytest.fixture(scope="module")
+def long_corpus():
+    c = Corpus(CorpusConfig(seed=0, tasks=("multihop", "multihop_long")))
+    return c, c.documents(20000)
+
+
+def test_long_corpus_has_no_composed_question_of_any_split(long_corpus):
+    """models/gym-long's corpus: no train/validation/test question of multihop_long, in any answer
+    style, nor its composed part inside any text (one-hop long forms are for everyone)."""
+    c, docs = long_corpus
+    split_items = [i for s in T.SPLITS for i in c.items["multihop_long"][s]]
+    assert len(split_items) == 432 + 144 + 288
+    text = "\n".join(docs)
+    composed = {i.question.rsplit(" answer ", 1)[0] for i in split_items}
+    assert all(" of " in q for q in composed)
+    leaked = [q for q in composed if q in text]
+    assert not leaked, leaked[:3]
+    long_docs = [d for d in docs if " answer " in d.split("\n")[0]]
+    assert len(long_docs) > 2000
+    # the check can fail: the pretrain pool's composed questions are in the corpus
+    pool = {i.question.rsplit(" answer ", 1)[0] for i in c.items["multihop_long"]["pretrain"]}
+    assert any(q in text for q in pool)
+
+
+def test_long_answers_hold_their_key_and_follow_their_traces(long_corpus):
+    from nrt.data import key_matches
+    from nrt.gym import long_answer as L
+
+    c, docs = long_corpus
+    for split in T.SPLITS:
+        for item in c.items["multihop_long"][split]:
+            assert item.key and key_matches(item.answer, (item.key,))
+            assert item.question.endswith(tuple(f" answer {s}." for s in L.STYLES))
+    # every style occurs in the splits, and longer styles give longer answers
+    by_style = {s: [len(i.answer.split()) for i in c.items["multihop_long"]["test"]
+                    if i.question.endswith(f" answer {s}.")] for s in L.STYLES}
+    means = [sum(v) / len(v) for v in by_style.values()]
+    assert all(by_style.values()) and means == sorted(means)
+    # in the corpus, an answer after a trace names the trace's last fact (a wrong trace included)
+    traced = [QA.fullmatch(d) for d in docs if " answer " in d.split("\n")[0] and "\n<|response_start|>" not in d]
+    assert len(traced) > 200
+    for m in traced:
+        last = m.group(2).rstrip(".").split(" ")[-1]
+        assert key_matches(m.group(3), (last,)), (m.group(2), m.group(3))

@@ -1,7 +1,8 @@
-"""scripts/methods.py: the sentences of docs/METHODS.md follow from the runs' summaries."""
+"""scripts/methods.py: the search, the selection and the page's sentences follow from the stored runs."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,58 +10,71 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "methods.py"
 
 
-@pytest.fixture(scope="module")
-def methods():
+@pytest.fixture()
+def methods(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("methods_script", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks its module up there
     spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
     return module
 
 
-def fake_summary(tmp_path: Path, methods, accuracy: dict[str, list[float]], collapse: dict[str, int]) -> dict:
-    runs = []
-    for method in methods.METHODS:
-        for seed, acc in enumerate(accuracy[method]):
-            directory = tmp_path / "runs" / method / f"seed{seed}"
-            directory.mkdir(parents=True)
-            lengths = [] if method == "sft" else [8.0, 4.0, 2.0 if collapse.get(method) == seed else 9.0]
-            (directory / "metrics.jsonl").write_text(
-                "".join(json.dumps({"step": i + 1, "trace_length_mean": x}) + "\n" for i, x in enumerate(lengths)))
-            runs.append({"method": method, "seed": seed, "eval": {"gym_test": {"accuracy": acc}},
-                         "collapse_step": 3 if collapse.get(method) == seed else None})
-    return {"runs": runs, "base": {"gym_test": {"accuracy": 0.03}}, "output_dir": str(tmp_path)}
+def store(methods, label, lr, seed, accuracy, validation, collapse_step=None, lengths=(8.0, 9.0)):
+    path = methods.summary_path("long", label, lr, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "method": label, "learning_rate": lr, "seed": seed, "validation_best": validation,
+        "collapse_step": collapse_step, "wall_s": 100.0,
+        "test": {"gym_multihop_long": {"accuracy": accuracy, "reasoning_gain": 0.1, "answer_logprob": -5.0}},
+        "curves": [{"step": 1, "trace_length_mean": lengths[0], "trace_entropy": 0.3},
+                   {"step": 2, "trace_length_mean": lengths[1], "trace_entropy": 0.2}]}))
 
 
-def test_findings_and_answers_follow_the_numbers(methods, tmp_path):
-    accuracy = {m: [0.10, 0.20] for m in methods.METHODS}
-    accuracy["nrt"] = [0.50, 0.70]  # mean 60%
-    accuracy["verifree"] = [0.80, 0.80]  # beats nrt
-    accuracy["rlpr"] = [0.65, 0.75]  # mean 70%: beats nrt
-    summary = fake_summary(tmp_path, methods, accuracy, collapse={"jlb": 1})
-    lines = methods.findings(summary)
-    assert lines[0] == "Best mean test accuracy: `verifree` (80.0%); base model 3.0%."
-    assert lines[1] == "`nrt` vs `sft`: 60.0% vs 15.0% (+45.0 points)."
-    assert "`jlb` 15.0% (+45.0)" in lines[2] and "`verifree` 80.0% (-20.0)" in lines[2]
-    assert "`nrt` 50.0 / 70.0" in lines[3]
-    assert "`jlb` 8.0 -> 5.5" in lines[4] and "`nrt` 8.0 -> 9.0" in lines[4]
-    assert lines[5] == "Collapse detected: `jlb` (seed 1 at step 3)."
-
-    text = methods.answers({"healthy": summary})
-    assert "`nrt` beats `sft`, `jlb`; it does not beat `verifree`, `rlpr`." in text
-    assert "Runs that collapsed: `jlb` 1/2." in text
-    assert "whose answer term does not train" in text  # both verifree and rlpr beat nrt
+def test_rate_chosen_on_validation_then_the_other_seeds_are_read_at_it(methods):
+    low, high = methods.LEARNING_RATES
+    store(methods, "nrt", low, 0, accuracy=0.9, validation=0.2)  # best test, worse validation: not chosen
+    assert methods.chosen_rate("long", "nrt") is None  # the search is not finished
+    store(methods, "nrt", high, 0, accuracy=0.1, validation=0.3)
+    assert methods.chosen_rate("long", "nrt") == high
+    store(methods, "nrt", high, 1, accuracy=0.3, validation=0.3)
+    store(methods, "nrt", low, 1, accuracy=0.99, validation=0.9)  # another rate's seed 1: never read
+    runs = methods.final_runs("long", "nrt", [0, 1, 2])
+    assert [(r["learning_rate"], r["seed"]) for r in runs] == [(high, 0), (high, 1)]
 
 
-def test_no_answer_term_sentence_when_nrt_wins(methods, tmp_path):
-    accuracy = {m: [0.10, 0.20] for m in methods.METHODS}
-    accuracy["nrt"] = [0.90, 0.90]
-    text = methods.answers({"healthy": fake_summary(tmp_path, methods, accuracy, collapse={})})
-    assert "beats `sft`, `jlb`, `verifree`, `rlpr`." in text and "No run collapsed." in text
-    assert "answer term" not in text
+def test_the_three_questions_follow_the_numbers(methods):
+    low, high = methods.LEARNING_RATES
+    acc = {"nrt": [0.50, 0.52, 0.54], "verifree": [0.20, 0.40, 0.60], "rlpr": [0.10, 0.11, 0.12],
+           "jlb": [0.60, 0.61, 0.62], "sft": [0.05, 0.05, 0.05]}
+    for label, values in acc.items():
+        store(methods, label, low, 0, values[0], validation=0.5)
+        store(methods, label, high, 0, 0.0, validation=0.1)
+        for seed in (1, 2):
+            store(methods, label, low, seed, values[seed], validation=0.5,
+                  collapse_step=7 if (label, seed) == ("rlpr", 2) else None)
+    stats = {label: methods.method_row("long", label, [0, 1, 2])[1] for label in methods.METHODS}
+    text = methods.questions(stats, 3)
+    assert "`jlb` (log_prob) 61.0 ± 1.0, `nrt` (weighted_sum_log_prob) 52.0 ± 2.0" in text
+    assert "spread 50.0 points" in text  # jlb 61 - rlpr 11
+    assert "`jlb` > `nrt`" in text and "`nrt` > `rlpr`" in text and "`verifree` > `rlpr`" in text
+    assert "`nrt` > `verifree`" not in text  # 12 points apart, sds 2 + 20
+    assert "2. Which methods collapse? `rlpr` 1/3" in text
+    assert "beats (within the seed sds) `verifree` by 12.0 points (per seed +30.0 / +12.0 / -6.0)" in text
+    assert "beats `rlpr` by 41.0 points" in text and "loses to `jlb` by 9.0 points" in text
+    row, _ = methods.method_row("long", "nrt", [0, 1, 2])
+    assert row[1] == "50.0 / 10.0 → " + low and row[2] == "52.0 ± 2.0" and row[3] == "50.0 / 52.0 / 54.0"
+    assert row[6] == "8.0 → 9.0" and row[8] == "0/3"
+    assert methods.method_row("long", "nrt-marginal", [0, 1, 2])[0][2] == "not run yet"
 
 
-def test_bad_seeds_are_a_one_line_usage_error(methods, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
+    (["--seeds", "1,2"], "--seeds '1,2': seed 0 runs the learning-rate search and must be included"),
+    (["--testbeds", "short"], "--testbeds: unknown testbed 'short' (valid: bbh, long)"),
+])
+def test_bad_options_are_one_line_usage_errors(methods, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        methods.main(["--seeds", "0,x"])
+        methods.main(argv)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("error: --seeds '0,x': expected comma-separated integers")
+    assert capsys.readouterr().err.strip().endswith("error: " + message)
