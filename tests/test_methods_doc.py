@@ -25,7 +25,7 @@ def store(methods, label, lr, seed, accuracy, validation, collapse_step=None, le
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "method": label, "learning_rate": lr, "seed": seed, "validation_best": validation,
-        "collapse_step": collapse_step, "wall_s": 100.0,
+        "collapse_step": collapse_step, "wall_s": 100.0, "train_wall_s": 90.0,
         "test": {"gym_multihop_long": {"accuracy": accuracy, "reasoning_gain": 0.1, "answer_logprob": -5.0}},
         "curves": [{"step": 1, "trace_length_mean": lengths[0], "trace_entropy": 0.3},
                    {"step": 2, "trace_length_mean": lengths[1], "trace_entropy": 0.2}]}))
