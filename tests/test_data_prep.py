@@ -318,3 +318,29 @@ def test_split_names_the_bad_line_of_its_input(tmp_path, capsys):
     assert code == 2
     want = f"nrt data: error: {source}:2: missing field 'answer' (fields present: question)"
     assert capsys.readouterr().err.strip() == want
+
+
+# --------------------------------------------------------------------------- GSM8K
+
+
+def test_gsm8k_answers_are_the_final_numbers(tmp_path):
+    src = tmp_path / "gsm8k.jsonl"
+    src.write_text(json.dumps({"question": "How many?", "answer": "2 * 500 = <<2*500=1000>>1000\n#### 1,000"}) + "\n"
+                   + json.dumps({"question": "And now?", "answer": "It is 9 - 3 = 6.\n####  -6 "}) + "\n")
+    out = tmp_path / "out"
+    assert main(["data", "gsm8k", "--input", str(src), "--output-dir", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    assert rows == [{"question": "How many?", "answer": "1000"}, {"question": "And now?", "answer": "-6"}]
+    prep = json.loads((out / "prep.json").read_text())
+    assert prep["inputs"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest() and prep["records"] == 2
+
+
+def test_a_gsm8k_record_without_a_final_number_is_one_line_naming_it(tmp_path, capsys):
+    src = tmp_path / "gsm8k.jsonl"
+    src.write_text(json.dumps({"question": "q", "answer": "#### 3"}) + "\n"
+                   + json.dumps({"question": "q2", "answer": "no marker here"}) + "\n")
+    out = tmp_path / "out"
+    assert main(["data", "gsm8k", "--input", str(src), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{src}:2" in err and "#### <number>" in err
+    assert not out.exists()

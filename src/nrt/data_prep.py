@@ -23,6 +23,10 @@ train_size + test_size, both splits shrink in proportion.
 train with the same permutation (validation taken after test; with no validation it is exactly
 `train_test_split`).
 
+GSM8K (`gsm8k_records`, `prepare_gsm8k`): each solution's final number, the text after its last
+"####" with thousands separators dropped ("1,000" -> "1000"), becomes the answer, as the harness's
+GSM8K tasks take it; NRT answers are final answers, the worked solution is what the trace is for.
+
 `write_splits` writes `<split>.jsonl` files and `prep.json` so that each is complete or absent: all are
 written to temporary files first and renamed into place only when every one is written.
 """
@@ -309,6 +313,47 @@ def prepare_tulu3(path: str | os.PathLike, options: Tulu3Options = Tulu3Options(
                   f"n_train (datasets' train_test_split then select(range(train_size)), as {OFFICIAL_SCRIPT})",
     }
     return Prepared(splits, provenance, note)
+
+
+# --------------------------------------------------------------------------- GSM8K
+
+
+def gsm8k_final_answer(place: str, solution: Any) -> str:
+    """The final number of a GSM8K solution: after its last "####", commas dropped."""
+    if not isinstance(solution, str) or "####" not in solution:
+        raise DataPrepError(f"{place}: field 'answer' must be a GSM8K solution ending in '#### <number>', "
+                            f"got {_type_name(solution) if not isinstance(solution, str) else repr(solution[-40:])}")
+    final = solution.rsplit("####", 1)[1].strip().replace(",", "")
+    if not final:
+        raise DataPrepError(f"{place}: nothing after '####' in field 'answer'")
+    return final
+
+
+def gsm8k_records(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(question, final answer) per line of a GSM8K jsonl file (fields question, answer)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataPrepError(f"{path}: cannot read ({e.strerror or e})") from None
+    out = []
+    for place, record in _jsonl_records(str(path), data):
+        if not isinstance(record, dict) or not isinstance(record.get("question"), str):
+            raise DataPrepError(f"{place}: expected an object with a text field 'question'")
+        _check_encodable(place, "field 'question'", record["question"])
+        out.append((record["question"], gsm8k_final_answer(place, record.get("answer"))))
+    if not out:
+        raise DataPrepError(f"{path}: no records")
+    return out
+
+
+def prepare_gsm8k(path: str | os.PathLike) -> Prepared:
+    """GSM8K's test file -> test.jsonl of question / final-number answer, every record kept in order."""
+    rows = [{"question": q, "answer": a} for q, a in gsm8k_records(path)]
+    provenance = {"command": "gsm8k", "inputs": [file_entry(Path(path))], "records": len(rows),
+                  "written": {"test": len(rows)},
+                  "fields": "question; answer = the solution's final number (after '####', commas dropped)"}
+    return Prepared({"test": rows}, provenance)
 
 
 # --------------------------------------------------------------------------- writing

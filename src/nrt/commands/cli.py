@@ -308,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     from nrt.commands.demo import add_demo
     from nrt.commands.export import add_export
     from nrt.commands.gym import register as add_gym
+    from nrt.commands.harness import add_lm_eval
     from nrt.commands.probe import add_probe
     from nrt.commands.report import add_report
 
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_export(sub)
     add_report(sub)
+    add_lm_eval(sub)
     return parser
 
 
@@ -337,6 +339,11 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    if args_in[:1] == ["lm-eval"]:  # the harness parses its own arguments (nrt.commands.harness)
+        from nrt.commands.harness import run_harness
+
+        return run_harness(args_in[1:])
     quiet_libraries()
     parser = build_parser()
     try:  # a bad option: one line and exit code 2 (OneLineParser), returned to callers of main()

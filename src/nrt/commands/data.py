@@ -1,6 +1,7 @@
-"""`nrt data ...` commands: the recipe's Tulu-3 splits, and a seeded split of any Q&A file.
+"""`nrt data ...` commands: the recipe's Tulu-3 splits, GSM8K's final answers, and a seeded split of any Q&A file.
 
     nrt data tulu3 --input FILE_OR_DIR --output-dir DIR [--seed 42] [--skip-bad-records] ...
+    nrt data gsm8k --input test.jsonl --output-dir DIR
     nrt data split --input FILE --output-dir DIR --test-size N_OR_FRACTION [--validation-size ...] [--seed S]
 
 Both write DIR/<split>.jsonl (fields question/answer, what `nrt train --data` reads) and DIR/prep.json
@@ -37,6 +38,12 @@ def register(subparsers) -> None:
                    help="write each whole chat as 'messages' (the official prompt keeps earlier turns as context)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier preparation in DIR")
     p.set_defaults(func=run_tulu3)
+
+    p = sub.add_parser("gsm8k", help="GSM8K's test.jsonl -> question / final-number answer (what nrt eval reads)")
+    p.add_argument("--input", required=True, help="GSM8K jsonl (question, answer = solution ending in '#### N')")
+    p.add_argument("--output-dir", required=True, help="gets test.jsonl and prep.json")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier preparation in DIR")
+    p.set_defaults(func=run_gsm8k)
 
     p = sub.add_parser("split", help="split a Q&A file into train/test (and validation) jsonl files, seeded")
     p.add_argument("--input", required=True, help="any Q&A data nrt train reads (.jsonl/.json/.csv/.parquet/dir)")
@@ -81,6 +88,20 @@ def run_tulu3(args) -> None:
         check_output_dir(args.output_dir, "data preparation", inputs=[args.input],
                          files=output_names(["train", "test"]), overwrite=args.overwrite)
         prepared = prepare_tulu3(args.input, options)
+    except DataError as e:
+        _fail(str(e))
+    _finish(args, prepared)
+
+
+def run_gsm8k(args) -> None:
+    from nrt.data import DataError
+    from nrt.data_prep import output_names, prepare_gsm8k
+    from nrt.outputs import check_output_dir
+
+    try:
+        check_output_dir(args.output_dir, "data preparation", inputs=[args.input], files=output_names(["test"]),
+                         overwrite=args.overwrite)
+        prepared = prepare_gsm8k(args.input)
     except DataError as e:
         _fail(str(e))
     _finish(args, prepared)

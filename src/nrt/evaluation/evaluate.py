@@ -29,15 +29,20 @@ from nrt.evaluation.one_pass import autocast_bf16, one_pass_batch
 from nrt.tokens import pad_token_id
 
 
-def default_bbh_dir() -> Path:
-    """BIG-Bench-Hard files: $NRT_BBH_DIR, else ../shared/data/bbh beside the working dir or the repo."""
-    if os.environ.get("NRT_BBH_DIR"):
-        return Path(os.environ["NRT_BBH_DIR"])
+def default_shared_data(name: str, env: str) -> Path:
+    """An evaluation set's directory: $env, else ../shared/data/<name> beside the working dir or the repo."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
     for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        candidate = base.parent / "shared" / "data" / "bbh"
+        candidate = base.parent / "shared" / "data" / name
         if candidate.is_dir():
             return candidate
-    return Path("../shared/data/bbh")
+    return Path("../shared/data") / name
+
+
+def default_bbh_dir() -> Path:
+    """BIG-Bench-Hard files: $NRT_BBH_DIR, else ../shared/data/bbh beside the working dir or the repo."""
+    return default_shared_data("bbh", "NRT_BBH_DIR")
 
 
 @dataclass
