@@ -35,9 +35,12 @@ def test_a_finished_run_holds_a_hub_model_card_of_its_method_data_config_and_met
     assert "step 2, the last logged step" in text and f"{last['reward_mean']:.4g}" in text
     assert f"{last['trace_length_mean']:.4g}" in text and "validation accuracy" in text
     assert "## Collapse\n\nNone" in text and "No evaluation report yet" in text
-    for usage in ("nrt generate --model DIR", "AutoModelForCausalLM", "<|response_start|>", "vllm serve DIR",
-                  "nrt train --config config.yaml"):
+    for usage in ("nrt generate --model DIR", "AutoModelForCausalLM", "<|response_start|>",
+                  "vllm serve DIR --reasoning-parser nrt"):
         assert usage in text
+    # the command line that trained it, kept in the run record
+    assert record["command"].startswith(f"nrt train --model {tiny_model_dir} --data {data}")
+    assert f"```bash\n{record['command']}\n```" in text
     assert report_kind(out / "README.md") == "model card"
 
 

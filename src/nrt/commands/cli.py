@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def run_train(args) -> None:
 
     config = build_config(args)
     is_main = os.environ.get("RANK", "0") == "0"  # under accelerate launch / torchrun, one process reports
-    result = train(config, resume=args.resume, log=print if is_main else (lambda *_: None))
+    result = train(config, resume=args.resume, log=print if is_main else (lambda *_: None),
+                   command=shlex.join(["nrt", *args.argv]))
     if is_main:
         print(f"done: {result.steps} steps; model and metrics in {result.output_dir}")
 
@@ -348,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:  # a bad option: one line and exit code 2 (OneLineParser), returned to callers of main()
         # options may come anywhere among `section.option=value` overrides
-        args, extra = parser.parse_known_args(argv)
+        args, extra = parser.parse_known_args(args_in)
+        args.argv = args_in
         args.overrides = [x for x in extra if "=" in x and not x.startswith("-")]
         unknown = [x for x in extra if x not in args.overrides]
         if unknown or (args.overrides and not getattr(args, "accepts_overrides", False)):

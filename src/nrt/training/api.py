@@ -95,8 +95,9 @@ def make_trainer(config: Config, model, tokenizer, examples, eval_set=None, **kw
     return NRTTrainer(config, model, tokenizer, examples, eval_set=eval_set, **kwargs)
 
 
-def train(config: Config, resume: bool = False, log=print) -> RunResult:
-    """Train as `config` says; returns what the run produced (see the module docstring for errors)."""
+def train(config: Config, resume: bool = False, log=print, command: str | None = None) -> RunResult:
+    """Train as `config` says; returns what the run produced (see the module docstring for errors).
+    `command`: the command line to keep in the run record (nrt_run.json) and the model card."""
     validate(config)
     out = Path(config.trainer.output_dir)
     # read-only checks, before anything loads
@@ -130,7 +131,7 @@ def train(config: Config, resume: bool = False, log=print) -> RunResult:
         check_architecture(model_config, config.model.model_name_or_path)
     model = load_model(source, dtype=getattr(torch, config.model.dtype))
     check_model_fits(model, tokenizer, config, checked)
-    trainer = make_trainer(config, model, tokenizer, examples, eval_set)
+    trainer = make_trainer(config, model, tokenizer, examples, eval_set, command=command)
     if changes:
         log("resume applies: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     try:

@@ -119,7 +119,7 @@ class Trainer:
     sequences_per_question = 1
 
     def __init__(self, config: Config, model, tokenizer, examples: list[TokenizedExample], accelerator=None,
-                 eval_set: EvalSet | None = None, engine: EngineOptions | None = None):
+                 eval_set: EvalSet | None = None, engine: EngineOptions | None = None, command: str | None = None):
         self.config, self.tokenizer, self.examples, self.eval_set = config, tokenizer, examples, eval_set
         t = config.trainer
         self.engine = engine or EngineOptions(compile_step=t.torch_compile)
@@ -154,7 +154,7 @@ class Trainer:
         optimizer, scheduler = adamw_with_schedule(model, t, updates)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.after_prepare()
-        self.run_dir = RunDirectory(t.output_dir, self.accelerator)
+        self.run_dir = RunDirectory(t.output_dir, self.accelerator, command)
         self.step = 0
         self.stopped_by_collapse: str | None = None
         self.stopped_by_divergence: str | None = None  # the message; the run wrote no final model

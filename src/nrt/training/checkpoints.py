@@ -114,9 +114,10 @@ def check_resumable(path: Path) -> None:
 
 
 class RunDirectory:
-    def __init__(self, output_dir: str, accelerator):
+    def __init__(self, output_dir: str, accelerator, command: str | None = None):
         self.path = Path(output_dir)
         self.accelerator = accelerator
+        self.command = command  # the command line that started or resumed the run, for its record and card
         self.metrics_path = self.path / "metrics.jsonl"
         self._hooked = False  # a LoRA run's training state holds only the trainable weights
 
@@ -145,7 +146,7 @@ class RunDirectory:
             if fresh:
                 for stale in [*self.path.glob("checkpoint-*.tmp"), self.path / "best.tmp", self.path / ".final.tmp"]:
                     shutil.rmtree(stale, ignore_errors=True)
-                write_record(self.path, config)
+                write_record(self.path, config, self.command)
                 self.metrics_path.write_text("")
             else:
                 changes = resume_changes(self.path, config)
@@ -156,7 +157,7 @@ class RunDirectory:
 
     def record_resume(self, step: int, changes: dict) -> None:
         if self.is_main:
-            record_resume(self.path, step, changes)
+            record_resume(self.path, step, changes, self.command)
 
     def release(self) -> None:
         lock = getattr(self, "lock", None)

@@ -227,8 +227,9 @@ trace, _, answer = text.partition("{rs}")
 ```
 
 ```bash
-vllm serve DIR
-# ask with "skip_special_tokens": false in the request so the marker stays in the text, then split on it
+# with nrt installed beside vLLM: the trace comes back as `reasoning`, the answer as `content` (docs/SERVING.md)
+vllm serve DIR --reasoning-parser nrt --logits-processors nrt.serving.trace_end:TraceEndsAtMarker
+# a model without a chat template: add --chat-template .../nrt/serving/plain_prompt.jinja (the "{{question}}\\n" prompt)
 ```
 """
 

@@ -307,13 +307,15 @@ def finished_resume(path: str | Path, config) -> dict | None:
     return finished
 
 
-def write_record(path: Path, config) -> None:
-    """Mark `path` as an nrt run (a fresh start)."""
+def write_record(path: Path, config, command: str | None = None) -> None:
+    """Mark `path` as an nrt run (a fresh start), with the command line that started it when known."""
     digests = {}
     for option, key in DATA_DIGESTS.items():
         given = data_file(config, option)
         digests[key] = file_digest(given) if given and Path(given).exists() else None
     record = {"nrt_run": 1, "started": now(), **digests, "resumes": []}
+    if command:
+        record["command"] = command
     atomic_write_text(Path(path) / RECORD, json.dumps(record, indent=1))
 
 
@@ -321,13 +323,14 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def record_resume(path: Path, step: int, changes: dict) -> None:
+def record_resume(path: Path, step: int, changes: dict, command: str | None = None) -> None:
     """Add a resume to the record (checked by load_record before the resume). A finished run that goes
     on keeps "finished" (the step of the final model in the directory) until its new one is written."""
     record = read_record(path) or {"nrt_run": 1, "resumes": []}
     record.setdefault("resumes", []).append({
         "at": now(), "step": step,
         "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()},
+        **({"command": command} if command else {}),
     })
     atomic_write_text(Path(path) / RECORD, json.dumps(record, indent=1))
 

@@ -63,8 +63,9 @@ def sft_step(trainer: Trainer, train_marker: bool = True) -> dict:
 
 
 class SFTTrainer(Trainer):
-    def __init__(self, config, model, tokenizer, examples, accelerator=None, eval_set=None, engine=None):
-        super().__init__(config, model, tokenizer, examples, accelerator, eval_set, engine)
+    def __init__(self, config, model, tokenizer, examples, accelerator=None, eval_set=None, engine=None,
+                 command=None):
+        super().__init__(config, model, tokenizer, examples, accelerator, eval_set, engine, command)
         self.register_state([self.collapse, self.best, self.divergence])
 
     def train_step(self) -> dict:

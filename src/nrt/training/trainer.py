@@ -56,12 +56,13 @@ class Scored:
 
 
 class NRTTrainer(Trainer):
-    def __init__(self, config, model, tokenizer, examples, accelerator=None, eval_set=None, engine=None):
+    def __init__(self, config, model, tokenizer, examples, accelerator=None, eval_set=None, engine=None,
+                 command=None):
         self.k = config.trainer.num_generations
         self.sequences_per_question = self.k
         m = config.method
         self.std_filter = EmaStdFilter(m.std_filter_decay) if m.std_filter_decay > 0 else None
-        super().__init__(config, model, tokenizer, examples, accelerator, eval_set, engine)
+        super().__init__(config, model, tokenizer, examples, accelerator, eval_set, engine, command)
         # RLPR's debiasing needs the *initial* policy's no-trace reward: computed now, before any update
         self.initial_no_trace_reward = self.no_trace_rewards() if m.reward_baseline == "initial_no_trace" else None
         self.register_state([self.std_filter, self.collapse, self.best, self.divergence])
