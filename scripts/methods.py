@@ -299,6 +299,41 @@ def questions(stats: dict, n_seeds: int) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+# the settings a default can be chosen among: the `nrt` preset with each answer term, and the marginal likelihood
+DEFAULT_CANDIDATES = ("nrt", "nrt answer=derived", "nrt answer=off", "nrt-marginal")
+
+
+def defaults_section(beds: list[Testbed], seeds: list[int]) -> str:
+    """Validation accuracy (each run's best step, at the method's chosen rate) of the candidates for the
+    default, per testbed and averaged over testbeds: the evidence the default is chosen from (test never)."""
+    rows, overall = [], {}
+    for label in DEFAULT_CANDIDATES:
+        cells, means = [], []
+        for bed in beds:
+            runs = final_runs(bed.name, label, seeds)
+            if len(runs) < len(seeds):
+                cells.append("-")
+                continue
+            vals = [100 * r["validation_best"] for r in runs]
+            m, sd = mean_sd(vals)
+            means.append(m)
+            cells.append(f"{m:.1f} ± {sd:.1f} ({' / '.join(f'{v:.1f}' for v in vals)})")
+        if len(means) == len(beds):
+            overall[label] = sum(means) / len(means)
+        rows.append(f"| `{label}` | {' | '.join(cells)} | {overall[label]:.1f} |" if label in overall else
+                    f"| `{label}` | {' | '.join(cells)} | - |")
+    head = ("| setting | " + " | ".join(f"validation % on `{b.name}`, mean ± sd (per seed)" for b in beds)
+            + " | mean over testbeds |\n|" + "---|" * (len(beds) + 2))
+    verdict = ""
+    if len(overall) == len(DEFAULT_CANDIDATES):
+        best = max(overall, key=overall.get)
+        verdict = (f"\nHighest mean validation accuracy over both testbeds: `{best}` ({overall[best]:.1f}%, against "
+                   f"{overall['nrt']:.1f}% for the `nrt` preset as the paper sets it).\n")
+    return ("## Choosing the defaults (validation only)\n\nThe candidates differ from the paper's `nrt` preset only in "
+            "the answer term (and, for `nrt-marginal`, the trace weights); they are compared on the validation "
+            "split, never on test items:\n\n" + head + "\n" + "\n".join(rows) + "\n" + verdict)
+
+
 def write_doc(path: Path, beds: list[Testbed], seeds: list[int], command: str) -> None:
     from nrt.training.run_record import atomic_write_text
 
@@ -342,7 +377,7 @@ trains on question -> answer with the same batch in sequences (64 questions per 
 questions x 8 traces). `nrt answer=derived` / `answer=off` are `nrt` with `method.answer_loss`
 changed; `nrt-marginal` is the K-sample marginal likelihood (not a method of the paper).
 """
-    atomic_write_text(path, head + "\n" + "\n".join(sections))
+    atomic_write_text(path, head + "\n" + "\n".join(sections) + "\n" + defaults_section(beds, seeds))
 
 
 def main(argv: list[str] | None = None) -> None:

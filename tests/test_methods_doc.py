@@ -20,8 +20,8 @@ def methods(tmp_path, monkeypatch):
     return module
 
 
-def store(methods, label, lr, seed, accuracy, validation, collapse_step=None, lengths=(8.0, 9.0)):
-    path = methods.summary_path("long", label, lr, seed)
+def store(methods, label, lr, seed, accuracy, validation, collapse_step=None, lengths=(8.0, 9.0), bed="long"):
+    path = methods.summary_path(bed, label, lr, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "method": label, "learning_rate": lr, "seed": seed, "validation_best": validation,
@@ -78,3 +78,25 @@ def test_bad_options_are_one_line_usage_errors(methods, capsys, argv, message):
         methods.main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().endswith("error: " + message)
+
+
+def test_the_default_is_chosen_by_validation_over_both_testbeds(methods):
+    """Validation decides (test accuracy is never read): `nrt answer=off` is best on `long`, `nrt` on
+    `bbh`, and the mean over testbeds picks answer=off."""
+    low, high = methods.LEARNING_RATES
+    val = {"nrt": (0.80, 0.10), "nrt answer=derived": (0.50, 0.20), "nrt answer=off": (0.75, 0.40),
+           "nrt-marginal": (0.60, 0.30)}
+    for label, (on_bbh, on_long) in val.items():
+        for bed, v in (("bbh", on_bbh), ("long", on_long)):
+            store(methods, label, low, 0, accuracy=0.99 if label == "nrt" else 0.0, validation=v, bed=bed)
+            store(methods, label, high, 0, accuracy=0.0, validation=v - 0.05, bed=bed)
+            for seed in (1, 2):
+                store(methods, label, low, seed, accuracy=0.99 if label == "nrt" else 0.0,
+                      validation=v + (0.02 if seed == 1 else -0.02), bed=bed)
+    beds = [methods.testbeds()[b] for b in ("bbh", "long")]
+    text = methods.defaults_section(beds, [0, 1, 2])
+    assert "| `nrt answer=off` | 75.0 ± 2.0 (75.0 / 77.0 / 73.0) | 40.0 ± 2.0 (40.0 / 42.0 / 38.0) | 57.5 |" in text
+    assert "Highest mean validation accuracy over both testbeds: `nrt answer=off` (57.5%, against 45.0%" in text
+    store(methods, "nrt-marginal", low, 2, accuracy=0.0, validation=0.3, bed="long")
+    (methods.summary_path("long", "nrt-marginal", low, 2)).unlink()  # a candidate's seed missing: no verdict
+    assert "Highest" not in methods.defaults_section(beds, [0, 1, 2])
