@@ -179,3 +179,25 @@ def test_include_path_is_added_once():
     assert harness_argv(["run", "--include_path", "mine"]) == ["run", "--include_path", "mine"]
     assert harness_argv(["--help"]) == ["--help"]
     assert (TASKS_DIR / "nrt_gsm8k.yaml").is_file()
+
+
+def test_the_vllm_engine_writes_the_same_greedy_traces_and_answers():
+    """engine=vllm (vLLM's CPU build, float32) against nrt's engine on models/gym-bbh and BBH items."""
+    import os
+
+    if os.environ.get("NRT_REQUIRE_VLLM") != "1":
+        pytest.importorskip("vllm")
+    questions = bbh_questions("boolean_expressions", 4)[0] + bbh_questions("multistep_arithmetic_two", 4)[0]
+    args = dict(pretrained=GYM_BBH, max_trace_tokens=96, max_answer_tokens=16, batch_size=8)
+    native, on_vllm = NRTLM(**args), NRTLM(**args, engine="vllm", gpu_memory_utilization=0.02)
+    reqs = [request("generate_until", q, {"until": [], "max_gen_toks": 16}) for q in questions]
+    answers = on_vllm.generate_until(reqs)
+    assert answers == native.generate_until(reqs) and all(answers)
+    assert on_vllm._trace_prefixes(questions, True) == native._trace_prefixes(questions, True)
+
+
+def test_engine_and_force_trace_refusals(tiny_model_dir):
+    with pytest.raises(ValueError, match="engine='tgi': must be nrt or vllm"):
+        NRTLM(pretrained=tiny_model_dir, engine="tgi")
+    with pytest.raises(ValueError, match="force_trace=true: needs engine=nrt"):
+        NRTLM(pretrained=tiny_model_dir, engine="vllm", force_trace=True)

