@@ -17,7 +17,7 @@ LAYERS = [
                     "nrt.option_types", "nrt.outputs",
                     "nrt.presets"]),
     ("engine", ["nrt.engine"]),
-    ("evaluation", ["nrt.evaluation"]),
+    ("evaluation and serving", ["nrt.evaluation", "nrt.serving"]),
     ("training", ["nrt.training"]),
     ("experiments and gym", ["nrt.experiments", "nrt.gym"]),
     ("public API (the package root, names loaded on first use)", ["nrt"]),
