@@ -209,6 +209,29 @@ def table(done: dict, scope: str) -> list[str]:
     return lines
 
 
+def findings(done: dict) -> str:
+    """The numbers the page's reading rests on, per run: base -> last checkpoint."""
+    out = []
+    for label in LABELS:
+        runs = sorted((r for r in done.values() if r["label"] == label), key=lambda r: r["step"])
+        if len(runs) < 2:
+            continue
+        a, b = runs[0], runs[-1]
+        later = [r["all"]["cos_wrong_direct"] for r in runs[1:] if r["all"]["cos_wrong_direct"] is not None]
+        def move(get, digits=1) -> str:
+            return f"{get(a):.{digits}f} -> {get(b):.{digits}f}"
+
+        acc = {k: move(lambda r, k=k: 100 * r["probe"][k]) for k in ("think_acc", "direct_acc", "free_acc")}
+        mean_later = sum(later) / len(later) if later else None
+        out.append(
+            f"- `{label}` (lr {a['lr']}), step {a['step']} -> {b['step']}: empty traces "
+            f"{move(lambda r: 100 * r['shares']['empty'], 0)}% of the samples; forced-think accuracy "
+            f"{acc['think_acc']}% (direct {acc['direct_acc']}%, free {acc['free_acc']}%); ‖g_direct‖ "
+            f"{move(lambda r: r['all']['norm_direct'])}; cos(wrong, direct) {fmt(a['all']['cos_wrong_direct'])} "
+            f"at the base, mean {fmt(mean_later)} over the later checkpoints.")
+    return "\n".join(out) + "\n"
+
+
 def write_doc(path: Path, beds: list[M.Testbed], command: str) -> None:
     parts = [f"# The fixed answer term, measured\n\nProduced by `{command}` on the 2-core CPU machine, "
              f"from the runs of `make methods` (docs/METHODS.md). {__doc__.split(chr(10) + chr(10), 1)[1]}"]
@@ -219,8 +242,9 @@ def write_doc(path: Path, beds: list[M.Testbed], command: str) -> None:
             continue
         done = json.loads(path_b.read_text())
         n = next(iter(done.values()))["questions"]
-        parts.append(f"## Testbed `{bed.name}`: {bed.title}\n\n{n} validation questions, K = {K} traces each. "
-                     "Gradients over every answer token:\n\n" + "\n".join(table(done, "all")) + "\n")
+        parts.append(f"## Testbed `{bed.name}`: {bed.title}\n\n{n} validation questions, K = {K} traces each.\n\n"
+                     + findings(done) + "\nGradients over every answer token:\n\n" + "\n".join(table(done, "all"))
+                     + "\n")
         if any("key" in r for r in done.values()):
             parts.append("Key tokens only:\n\n" + "\n".join(table(done, "key")) + "\n")
     path.parent.mkdir(parents=True, exist_ok=True)
