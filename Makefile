@@ -27,7 +27,8 @@ demo: $(STAMP)
 results: $(STAMP)
 	$(VENV)/bin/nrt demo --seeds 0,1,2 --output-dir artifacts/results --results docs/RESULTS.md
 
-# docs/METHODS.md: every preset over 3 seeds, in a healthy and a collapse-prone gym setting
+# docs/METHODS.md: every preset and nrt's answer terms, 2 learning rates x 3 seeds, on models/gym-bbh's tasks
+# (short answers) and the long-answer task (models/gym-long); resumable (results/methods/)
 methods: $(STAMP)
 	$(VENV)/bin/python scripts/methods.py --seeds 0,1,2
 

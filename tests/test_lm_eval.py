@@ -130,9 +130,12 @@ def test_perplexity_tasks_are_refused(lm):
     ("samples=2", "samples=2: several traces need temperature > 0"),
     ("think=maybe", "think='maybe': must be true or false"),
     ("beam=4", "unknown argument 'beam'"),
+    ("", "pretrained=DIR: the model or run directory is required"),
+    ("pretrained=/no/such/model", "/no/such/model"),  # the later pretrained= wins: a missing model
 ])
 def test_bad_model_args_are_one_line(tiny_model_dir, tmp_path, capsys, args, message):
-    code = main(["lm-eval", "run", "--model", "nrt", "--model_args", f"pretrained={tiny_model_dir},{args}",
+    model_args = f"pretrained={tiny_model_dir},{args}" if args else "think=true"
+    code = main(["lm-eval", "run", "--model", "nrt", "--model_args", model_args,
                  "--tasks", "nrt_bbh_boolean_expressions", "--limit", "1", "--output_path", str(tmp_path)])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -42,6 +42,7 @@ def run_harness(args: list[str]) -> int:
         print("nrt: error: nrt lm-eval needs lm-evaluation-harness: pip install 'nrt[lmeval]'", file=sys.stderr)
         return 2
     import nrt.evaluation.lm_eval_backend  # noqa: F401  (registers --model nrt)
+    from nrt.errors import NRTError
 
     argv = sys.argv
     sys.argv = ["lm-eval", *harness_argv(args)]
@@ -49,8 +50,8 @@ def run_harness(args: list[str]) -> int:
         cli_evaluate()
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except ValueError as e:  # the backend's refusals (a bad --model_args value): one line
-        print(f"nrt: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    except (ValueError, NRTError) as e:  # the backend's refusals (a bad --model_args value, a model it cannot
+        print(f"nrt: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)  # load)
         return 2
     finally:
         sys.argv = argv

@@ -89,12 +89,14 @@ def continuation_logprobs(model, prefixes: list[list[int]], continuations: list[
 
 @register_model("nrt")
 class NRTLM(LM):
-    def __init__(self, pretrained: str, think: bool = True, max_trace_tokens: int = 128,
+    def __init__(self, pretrained: str | None = None, think: bool = True, max_trace_tokens: int = 128,
                  max_answer_tokens: int = 32, temperature: float = 0.0, samples: int = 1,
                  force_trace: bool = False, bf16: bool = False, batch_size=32, seed: int = 0,
                  prompt_template: str | None = None, engine: str = "nrt", gpu_memory_utilization: float = 0.3,
                  device: str | None = None, max_batch_size=None, **unknown):
         super().__init__()
+        if not pretrained:
+            raise ValueError("--model_args pretrained=DIR: the model or run directory is required")
         if unknown:
             raise ValueError(f"--model_args: unknown argument {next(iter(unknown))!r} (valid: pretrained, think, "
                              "max_trace_tokens, max_answer_tokens, temperature, samples, force_trace, bf16, "
