@@ -375,7 +375,9 @@ the training batch's, at the first and last step. Collapse: the detector of
 src/nrt/training/collapse.py, run with `on_collapse=warn` so every curve runs to the end. SFT
 trains on question -> answer with the same batch in sequences (64 questions per step against 8
 questions x 8 traces). `nrt answer=derived` / `answer=off` are `nrt` with `method.answer_loss`
-changed; `nrt-marginal` is the K-sample marginal likelihood (not a method of the paper).
+changed; `nrt-marginal` is the K-sample marginal likelihood (not a method of the paper). What the
+fixed answer term does to a run, over its checkpoints: docs/ANSWER_TERM.md (scripts/answer_term.py).
+The defaults are chosen from these runs' validation accuracy at the end of the page.
 """
     atomic_write_text(path, head + "\n" + "\n".join(sections) + "\n" + defaults_section(beds, seeds))
 

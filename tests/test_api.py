@@ -17,7 +17,8 @@ def metrics(out):
 
 
 def test_train_returns_a_run_result_with_the_same_metrics_as_the_command(tiny_model_dir, sums_file, tmp_path):
-    config = nrt.resolve_config("nrt", model=tiny_model_dir, data=sums_file, output_dir=str(tmp_path / "lib"),
+    # no method on either side: the library's default preset is the command line's
+    config = nrt.resolve_config(model=tiny_model_dir, data=sums_file, output_dir=str(tmp_path / "lib"),
                                 overrides=SHORT)
     result = nrt.train(config, log=lambda *_: None)
     assert isinstance(result, nrt.RunResult) and result.steps == 2 and result.examples == 24

@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard
 
 from nrt.commands.cli import main
 from nrt.outputs import check_output_dir, report_kind
+from nrt.presets import DEFAULT_PRESET
 from nrt.training.model_card import hub_id, model_card, refresh_model_card
 from nrt.training.run_record import check_output_dir as check_run_dir
 
@@ -22,12 +23,13 @@ def test_a_finished_run_holds_a_hub_model_card_of_its_method_data_config_and_met
     out, data = finished_run
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
-    assert card.data.tags == ["nrt", "native-reasoning-training"]  # the preset, nrt, is the first tag
+    # the run used the default preset (no --method), named after the project's two tags
+    assert card.data.tags == list(dict.fromkeys(["nrt", "native-reasoning-training", DEFAULT_PRESET]))
     assert card.data.datasets == ["sums"]
     assert card.data.base_model is None  # a local base model: named in the text only (the hub wants an id)
     text = card.text
     record = json.loads((out / "nrt_run.json").read_text())
-    assert f"`{tiny_model_dir}`" in text and record["data_digest"] in text and "the `nrt` preset" in text
+    assert f"`{tiny_model_dir}`" in text and record["data_digest"] in text and f"the `{DEFAULT_PRESET}` preset" in text
     # the whole config, as config.yaml holds it
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert yaml.safe_load(block) == yaml.safe_load((out / "config.yaml").read_text())

@@ -11,6 +11,11 @@ from typing import Callable
 
 PRESETS: dict[str, Callable[[], dict]] = {}
 
+# What `nrt train` without --method, and resolve_config(method=None), start from: the setting with the
+# highest validation accuracy over both gym testbeds in docs/METHODS.md ("Choosing the defaults").
+# `--method nrt` is the paper's recipe, which Config()'s own field defaults also hold.
+DEFAULT_PRESET = "nrt"
+
 
 def register_preset(name: str):
     def decorator(fn: Callable[[], dict]) -> Callable[[], dict]:

@@ -34,6 +34,7 @@ from nrt.commands.usage import (  # noqa: F401  (re-exported for callers of main
     require_positive,
 )
 from nrt.option_types import COUNT, SEED, TEMPERATURE
+from nrt.presets import DEFAULT_PRESET, PRESETS
 
 
 # --------------------------------------------------------------------------- train
@@ -53,8 +54,8 @@ def add_train(sub) -> None:
     p.add_argument("--model", help="model directory or hub name (model.model_name_or_path)")
     p.add_argument("--data", help="Q&A data file or datasets directory (data.path)")
     p.add_argument("--output-dir", help="where results go (trainer.output_dir)")
-    p.add_argument("--method", help="preset applied first: nrt (default), nrt-ws-inverse-prob, nrt-geometric-mean, "
-                   "nrt-marginal, jlb, verifree, rlpr, sft")
+    p.add_argument("--method", help=f"preset applied first (default {DEFAULT_PRESET}, chosen in docs/METHODS.md; "
+                   "nrt: the paper's recipe): " + ", ".join(PRESETS))
     p.add_argument("--config", help="YAML file of options, applied before the overrides")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
     p.set_defaults(func=run_train, accepts_overrides=True)

@@ -26,7 +26,7 @@ from nrt.data import TokenizedExample, read_examples, with_think_prompt
 from nrt.engine.model_support import check_engine_supports
 from nrt.errors import CollapseStop, ConfigError, Diverged, StoppedBySignal, WriteFailed
 from nrt.model_loading import ModelSource, check_model_fits, load_config, load_model, load_tokenizer
-from nrt.presets import preset_overrides
+from nrt.presets import DEFAULT_PRESET, preset_overrides
 from nrt.training.base import EvalSet, Trainer
 from nrt.training.checkpoints import check_resumable
 from nrt.training.run_record import (a_finished_run, check_output_dir, complete_checkpoints, finished_resume,
@@ -45,16 +45,15 @@ class RunResult:
 
 
 def resolve_config(method: str | None = None, config_file: str | None = None, overrides=(), **plain) -> Config:
-    """A validated Config: the preset `method` first, then the YAML file, then `section.option=value`
-    overrides, then the plain options (`model`, `data`, `output_dir`) when given."""
+    """A validated Config: the preset `method` (default: presets.DEFAULT_PRESET) first, then the YAML file,
+    then `section.option=value` overrides, then the plain options (`model`, `data`, `output_dir`) when given."""
     config = Config()
-    if method:
-        try:
-            preset = preset_overrides(method)
-        except ValueError as e:
-            raise ConfigError(f"--method: {e}") from None
-        for key, value in preset.items():
-            set_option(config, key, value)
+    try:
+        preset = preset_overrides(method or DEFAULT_PRESET)
+    except ValueError as e:
+        raise ConfigError(f"--method: {e}") from None
+    for key, value in preset.items():
+        set_option(config, key, value)
     if config_file:
         load_yaml(config_file, config)
     apply_overrides(config, list(overrides))
