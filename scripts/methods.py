@@ -264,6 +264,12 @@ def differ(a: dict, b: dict) -> bool:
     return abs(a["mean"] - b["mean"]) > a["sd"] + b["sd"]
 
 
+def shrank(run: dict) -> bool:
+    """The run's last training step's mean trace length is under a quarter of its first step's."""
+    ends = first_last(run, "trace_length_mean")
+    return ends is not None and ends[1] < 0.25 * ends[0]
+
+
 def questions(stats: dict, n_seeds: int) -> str:
     """The three questions of the comparison, answered from one testbed's numbers."""
     done = {label: s for label, s in stats.items() if s and len(s["acc"]) == n_seeds}
@@ -283,9 +289,12 @@ def questions(stats: dict, n_seeds: int) -> str:
     if sampled:
         collapsed = {m: sum(r["collapse_step"] is not None for r in done[m]["runs"]) for m in sampled}
         hit = [f"`{m}` {c}/{n_seeds}" for m, c in collapsed.items() if c]
+        shrunk = {m: sum(shrank(r) for r in done[m]["runs"]) for m in sampled}
+        gone = [f"`{m}` {c}/{n_seeds}" for m, c in shrunk.items() if c]
         lines.append("2. Which methods collapse? " + (", ".join(hit) + " (the detector of "
                      "src/nrt/training/collapse.py)." if hit else f"No run of the {len(sampled)} methods tripped "
-                     "the collapse detector."))
+                     "the collapse detector.") + " Runs whose traces ended shorter than a quarter of their first "
+                     "step's: " + (", ".join(gone) + "." if gone else "none."))
     if "nrt" in done:
         rivals = [m for m in ("verifree", "rlpr", "jlb", "sft") if m in done]
         verdict = []

@@ -52,7 +52,8 @@ def test_the_three_questions_follow_the_numbers(methods):
         store(methods, label, high, 0, 0.0, validation=0.1)
         for seed in (1, 2):
             store(methods, label, low, seed, values[seed], validation=0.5,
-                  collapse_step=7 if (label, seed) == ("rlpr", 2) else None)
+                  collapse_step=7 if (label, seed) == ("rlpr", 2) else None,
+                  lengths=(8.0, 1.9) if (label, seed) == ("jlb", 1) else (8.0, 9.0))
     stats = {label: methods.method_row("long", label, [0, 1, 2])[1] for label in methods.METHODS}
     text = methods.questions(stats, 3)
     assert "`jlb` (log_prob) 61.0 ± 1.0, `nrt` (weighted_sum_log_prob) 52.0 ± 2.0" in text
@@ -60,6 +61,7 @@ def test_the_three_questions_follow_the_numbers(methods):
     assert "`jlb` > `nrt`" in text and "`nrt` > `rlpr`" in text and "`verifree` > `rlpr`" in text
     assert "`nrt` > `verifree`" not in text  # 12 points apart, sds 2 + 20
     assert "2. Which methods collapse? `rlpr` 1/3" in text
+    assert "Runs whose traces ended shorter than a quarter of their first step's: `jlb` 1/3." in text  # 1.9 < 2
     assert "beats (within the seed sds) `verifree` by 12.0 points (per seed +30.0 / +12.0 / -6.0)" in text
     assert "beats `rlpr` by 41.0 points" in text and "loses to `jlb` by 9.0 points" in text
     row, _ = methods.method_row("long", "nrt", [0, 1, 2])
