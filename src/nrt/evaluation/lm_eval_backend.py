@@ -233,6 +233,8 @@ class NRTLM(LM):
     @torch.no_grad()
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [r.args for r in requests]
+        if not pairs:
+            return []
         contexts = list(dict.fromkeys(c for c, _ in pairs))  # one set of traces per distinct question
         index = {c: i for i, c in enumerate(contexts)}
         results: list[tuple[float, bool]] = []
