@@ -304,7 +304,7 @@ def questions(stats: dict, n_seeds: int) -> str:
             word = "beats" if d > 0 else "loses to"
             word += "" if differ(done["nrt"], done[m]) else " (within the seed sds)"
             verdict.append(f"{word} `{m}` by {abs(d):.1f} points (per seed {per_seed})")
-        lines.append("3. Does `nrt` (default preset) beat the others? It " + "; ".join(verdict) + ".")
+        lines.append("3. Does `nrt` (the paper's preset) beat the others? It " + "; ".join(verdict) + ".")
     return "\n".join(lines) + "\n" if lines else ""
 
 

@@ -14,7 +14,7 @@ PRESETS: dict[str, Callable[[], dict]] = {}
 # What `nrt train` without --method, and resolve_config(method=None), start from: the setting with the
 # highest validation accuracy over both gym testbeds in docs/METHODS.md ("Choosing the defaults").
 # `--method nrt` is the paper's recipe, which Config()'s own field defaults also hold.
-DEFAULT_PRESET = "nrt"
+DEFAULT_PRESET = "nrt-marginal"
 
 
 def register_preset(name: str):

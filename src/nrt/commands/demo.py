@@ -9,7 +9,7 @@
    pretraining, and generated questions of the two BIG-Bench-Hard formats that never appear
    there either; plain question-answer pairs, no reasoning in them. The demo trains on a
    balanced mix of the three tasks (`write_mixed`).
-3. SFT (direct question -> answer) and NRT (the default preset) trained on the same mix, each
+3. SFT (direct question -> answer) and NRT (the `nrt` preset, the paper's recipe) trained on the same mix, each
    run's best step chosen on a mixed validation split.
 4. Base, SFT and NRT evaluated on each task's gym test split and on the real BIG-Bench-Hard
    items of boolean_expressions and multistep_arithmetic_two; a table of accuracy, one of
