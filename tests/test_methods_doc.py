@@ -104,7 +104,7 @@ def test_the_default_is_chosen_by_validation_over_both_testbeds(methods):
     assert "Highest" not in methods.defaults_section(beds, [0, 1, 2])
 
 
-def test_the_default_preset_is_the_one_the_methods_page_chose():
+def test_the_default_preset_is_the_one_the_methods_page_chose(methods):
     """src/nrt/presets.DEFAULT_PRESET follows docs/METHODS.md's validation verdict; without one (runs
     missing) it stays the paper's `nrt`."""
     import re
@@ -116,10 +116,6 @@ def test_the_default_preset_is_the_one_the_methods_page_chose():
     if verdict is None:
         assert DEFAULT_PRESET == "nrt"
         return
-    spec = importlib.util.spec_from_file_location("methods_for_default", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    preset, extra = module.METHODS[verdict.group(1)]
+    preset, extra = methods.METHODS[verdict.group(1)]
     assert not extra, f"the chosen setting {verdict.group(1)!r} is no preset: name it in src/nrt/presets.py"
     assert DEFAULT_PRESET == preset
